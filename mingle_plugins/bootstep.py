@@ -1,0 +1,266 @@
+"""The Mingle bootstep: stock Mingle's API, every step routed through the hooks."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from celery import bootsteps
+from celery.utils.log import get_logger
+from celery.worker.consumer.events import Events
+from celery.worker.consumer.mingle import Mingle as StockMingle
+
+from .errors import RejectReply
+from .loader import get_plugin_manager
+from .model import HelloOptions, MingleSummary
+from .runner import HookRunner, PluginHung
+from .settings import load_settings
+from .wire import InvalidReply, ReplyLimits, revoked_for_hello, validate_reply
+
+__all__ = ["Mingle"]
+
+logger = get_logger(__name__)
+debug, info, warning, error = logger.debug, logger.info, logger.warning, logger.error
+
+#: ``sync_with_node(c, **reply)`` must not receive these from a reply.
+_RESERVED_KWARGS = frozenset({"self", "c", "clock", "revoked"})
+
+
+class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Bootstep syncing state with neighbor workers, through the mingle hooks.
+
+    At startup, or upon consumer restart, this will:
+
+    - Sync logical clocks.
+    - Sync revoked tasks.
+
+    Same attributes and methods as ``celery.worker.consumer.mingle.Mingle``;
+    a subclass may override any of them.
+    """
+
+    label = "Mingle"
+    requires = (Events,)
+    compatible_transports = set(StockMingle.compatible_transports)
+
+    def __init__(self, c: Any, without_mingle: bool = False, **kwargs: Any) -> None:
+        # Strict mode raises SettingsError / PluginLoadError here: the worker stops.
+        self.settings, self.setting_problems = load_settings(c.app.conf)
+        self.pm = get_plugin_manager(self.settings)
+        self.runner = HookRunner(self.pm, self.settings.plugin_timeout)
+        self.driver_type = ""
+        self.last_summary: MingleSummary | None = None
+        self._summary: MingleSummary | None = None
+        self._node: str | None = None
+        self.enabled = not without_mingle and self.compatible_transport(c.app)
+        if without_mingle:
+            debug("mingle: disabled by --without-mingle")
+        super().__init__(c, without_mingle=without_mingle, **kwargs)
+
+    # -- transport ---------------------------------------------------------
+
+    def compatible_transport(self, app: Any) -> bool:
+        try:
+            with app.connection_for_read() as conn:
+                self.driver_type = conn.transport.driver_type
+        except Exception as exc:
+            error("mingle: cannot load the broker transport, mingle is off: %r", exc)
+            return False
+        try:
+            claimed = self.runner.call("mingle_transport_compatible", app=app, driver_type=self.driver_type)
+        except Exception as exc:  # never stop the worker
+            error("mingle: mingle_transport_compatible failed, using the stock answer: %r", exc)
+            claimed = None
+        compatible = (self.driver_type in self.compatible_transports) if claimed is None else bool(claimed)
+        if not compatible:
+            info("mingle: off: no plugin claims the %r transport", self.driver_type)
+        return compatible
+
+    # -- the mingle --------------------------------------------------------
+
+    def start(self, c: Any) -> None:
+        self.sync(c)
+
+    def sync(self, c: Any) -> None:
+        state = c.controller.state
+        summary = self._summary = MingleSummary(
+            hostname=c.hostname,
+            transport=self.driver_type,
+            plugins=self.pm.loaded_names(),
+            revoked_before=len(state.revoked),
+            clock_before=c.app.clock.value,
+        )
+        before = set(state.revoked)
+        started = time.monotonic()
+        try:
+            info("mingle: searching for neighbors")
+            try:
+                replies = self.send_hello(c)
+            except c.connection_errors:
+                raise  # as stock: the consumer reconnects and mingles again
+            except Exception as exc:
+                error("mingle: hello failed, going on without mingling: %r", exc)
+                summary.skipped = f"hello failed: {exc!r}"
+                replies = {}
+            if replies:
+                summary.neighbours = [node for node, value in replies.items() if value]
+                info("mingle: sync with %s nodes", len(summary.neighbours))
+                for nodename, reply in replies.items():
+                    if reply:
+                        self.on_node_reply(c, nodename, reply)
+                info("mingle: sync complete")
+            else:
+                info("mingle: all alone")
+        finally:
+            self._summary = None
+        summary.elapsed = time.monotonic() - started
+        summary.revoked_after = len(state.revoked)
+        summary.ids_merged = sum(1 for task_id in state.revoked if task_id not in before)
+        summary.clock_after = c.app.clock.value
+        self.last_summary = summary
+        info(
+            "mingle: summary: %d neighbours, %d merged, %d ids merged, %d rejected, %.3fs",
+            len(summary.neighbours),
+            len(summary.merged_from),
+            summary.ids_merged,
+            len(summary.rejected),
+            summary.elapsed,
+        )
+        self._send_event(c, summary)
+        try:
+            self.runner.call("mingle_sync_complete", consumer=c, summary=summary)
+        except Exception as exc:
+            error("mingle: mingle_sync_complete failed: %r", exc)
+
+    def _send_event(self, c: Any, summary: MingleSummary) -> None:
+        dispatcher = getattr(c, "event_dispatcher", None)
+        if dispatcher is None or not dispatcher.enabled:
+            return
+        fields = summary.as_dict()
+        fields.pop("hostname")  # the event carries the sender's hostname itself
+        try:
+            dispatcher.send("worker-mingle", **fields)
+        except Exception as exc:  # an event must not stop the worker
+            warning("mingle: could not send the worker-mingle event: %r", exc)
+
+    def hello_options(self, c: Any) -> HelloOptions:
+        """The settings, tuned by ``mingle_tune_hello`` and ``mingle_expected_replies``."""
+        s = self.settings
+        options = HelloOptions(timeout=s.hello_timeout, quiet_window=s.quiet_window, max_clock=s.max_clock)
+        try:
+            self.runner.call("mingle_tune_hello", app=c.app, driver_type=self.driver_type, options=options)
+        except Exception as exc:
+            error("mingle: mingle_tune_hello failed, using the settings: %r", exc)
+        checked = HelloOptions(timeout=s.hello_timeout, quiet_window=s.quiet_window, max_clock=s.max_clock)
+        for name in ("timeout", "quiet_window", "polling_interval"):
+            value = getattr(options, name)
+            if value is None or (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
+                setattr(checked, name, None if value is None else float(value))
+            else:
+                error("mingle: mingle_tune_hello set %s=%r, not a number > 0; ignored", name, value)
+        if s.expect_replies:
+            try:
+                count = self.runner.call("mingle_expected_replies", consumer=c, driver_type=self.driver_type)
+            except Exception as exc:
+                error("mingle: mingle_expected_replies failed: %r", exc)
+                count = None
+            if count is not None and (type(count) is not int or count < 0):
+                error("mingle: mingle_expected_replies returned %r, not an integer >= 0; ignored", count)
+                count = None
+            checked.expected_replies = count
+        debug("mingle: hello options %r", checked)
+        return checked
+
+    def send_hello(self, c: Any) -> dict[str, Any]:
+        options = self.hello_options(c)
+        if options.expected_replies == 0:
+            debug("mingle: the broker says no other node listens; no hello sent")
+            return {}
+        revoked = revoked_for_hello(c.controller.state)
+        try:
+            replies = self.runner.call(
+                "mingle_send_hello", consumer=c, revoked=revoked, timeout=options.timeout, options=options
+            )
+        except PluginHung:
+            return {}
+        if replies is None:
+            return {}
+        if not isinstance(replies, Mapping):
+            error("mingle: mingle_send_hello returned a %s, not a mapping; ignored", type(replies).__name__)
+            return {}
+        replies = dict(replies)
+        replies.pop(c.hostname, None)  # delete my own response
+        return replies
+
+    def _reject(self, nodename: str, reason: str) -> None:
+        warning("mingle: rejected the reply of %s: %s", nodename, reason)
+        if self._summary is not None:
+            self._summary.rejected[nodename] = reason
+
+    def on_node_reply(self, c: Any, nodename: str, reply: Any) -> None:
+        debug("mingle: processing reply from %s", nodename)
+        try:
+            if not isinstance(reply, Mapping):
+                raise InvalidReply(f"reply is a {type(reply).__name__}, not a mapping")
+            reply = dict(reply)
+            self.runner.call("mingle_on_reply", fail_closed=True, consumer=c, nodename=nodename, reply=reply)
+            limits = ReplyLimits(
+                max_ids=c.controller.state.revoked.maxlen or 2**31,
+                max_id_length=self.settings.max_id_length,
+                max_clock=self.settings.max_clock,
+            )
+            valid = validate_reply(reply, limits)
+        except (InvalidReply, RejectReply) as exc:
+            self._reject(nodename, str(exc))
+            return
+        extra = {k: v for k, v in reply.items() if isinstance(k, str) and k not in _RESERVED_KWARGS}
+        self._node = nodename
+        try:
+            self.sync_with_node(c, clock=valid.clock, revoked=valid.revoked, **extra)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            logger.exception("mingle: sync with %s failed: %r", nodename, exc)
+            return
+        finally:
+            self._node = None
+        if self._summary is not None:
+            self._summary.merged_from.append(nodename)
+            self._summary.ids_received += len(valid.revoked or ())
+
+    def sync_with_node(self, c: Any, clock: int | None = None, revoked: Any = None, **kwargs: Any) -> None:
+        self.on_clock_event(c, clock)
+        self.on_revoked_received(c, revoked)
+
+    def on_clock_event(self, c: Any, clock: int | None) -> None:
+        before = c.app.clock.value
+        self.runner.call("mingle_adjust_clock", consumer=c, clock=clock, nodename=self._node)
+        if c.app.clock.value < before:  # a Lamport clock never goes back
+            error("mingle: a mingle_adjust_clock plugin moved the clock back; restored")
+            c.app.clock.adjust(before)
+
+    def on_revoked_received(self, c: Any, revoked: Any) -> None:
+        if not revoked:
+            return
+        revoked_set = c.controller.state.revoked
+        guard = len(self.pm.hook.mingle_merge_revoked.get_hookimpls()) > 1
+        saved = dict(revoked_set._data) if guard else {}
+        self.runner.call("mingle_merge_revoked", consumer=c, revoked=revoked, nodename=self._node)
+        if guard:
+            self._restore_lost(revoked_set, saved)
+
+    def _restore_lost(self, revoked_set: Any, saved: dict[Any, Any]) -> None:
+        """Put back ids a merge plugin removed (eviction by ``maxlen`` aside)."""
+        if revoked_set.maxlen and len(revoked_set) >= revoked_set.maxlen:
+            return  # full: the oldest ids were evicted, as stock does
+        lost = [task_id for task_id in saved if task_id not in revoked_set]
+        if lost:
+            error("mingle: a mingle_merge_revoked plugin removed %d revoked ids; restored", len(lost))
+            for task_id in lost:
+                revoked_set.add(task_id, now=saved[task_id][0])

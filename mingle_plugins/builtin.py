@@ -1,0 +1,58 @@
+"""The built-in hook implementations: exactly what stock Celery Mingle does.
+
+Registered first under the name ``builtin``, so they run last: any plugin's
+answer comes before them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from celery.worker.consumer.mingle import Mingle as StockMingle
+
+from .markers import hookimpl
+from .model import HelloOptions
+from .wire import collect_hello, sends_ids_only
+
+__all__ = [
+    "mingle_adjust_clock",
+    "mingle_merge_revoked",
+    "mingle_send_hello",
+    "mingle_transport_compatible",
+]
+
+
+@hookimpl(trylast=True)
+def mingle_transport_compatible(app: Celery, driver_type: str) -> bool | None:
+    """The stock set of the installed Celery (``amqp``, ``redis``, 5.5+: ``gcpubsub``)."""
+    return driver_type in StockMingle.compatible_transports
+
+
+@hookimpl(trylast=True)
+def mingle_send_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Mapping[str, Any] | None:
+    """The stock pidbox ``hello`` broadcast, collected as ``options`` say."""
+    arguments = {"from_node": consumer.hostname, "revoked": revoked}
+    return collect_hello(consumer.app, consumer.connection, arguments, options)
+
+
+@hookimpl(trylast=True)
+def mingle_adjust_clock(consumer: Any, clock: int | None) -> bool | None:
+    """``app.clock.adjust(clock)``, or ``forward()`` without a clock, as stock."""
+    if clock:
+        consumer.app.clock.adjust(clock)
+    else:
+        consumer.app.clock.forward()
+    return True
+
+
+@hookimpl(trylast=True)
+def mingle_merge_revoked(consumer: Any, revoked: Any) -> bool | None:
+    """``state.merge_revoked`` on 5.7 (ids, local stamps), ``revoked.update`` before."""
+    state = consumer.controller.state
+    if sends_ids_only(state):
+        state.merge_revoked(revoked)
+    else:
+        state.revoked.update(revoked)
+    return True

@@ -1,0 +1,79 @@
+"""A worker consumer whose blueprint runs our Mingle step in place of the stock one.
+
+Enable it with one line in ``celeryconfig``::
+
+    worker_consumer = "mingle_plugins.consumer:Consumer"
+
+Why not just add a step: the blueprint's dependency graph is keyed by class,
+and ``Tasks.requires`` and ``Gossip.requires`` name the stock ``Mingle`` class,
+so a replacement added with ``app.steps`` loses or breaks depending on the
+hash seed. This blueprint resolves every dependency on the stock step to ours
+while it builds its own graph; no Celery class is changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.utils.graph import DependencyGraph
+from celery.worker.consumer.consumer import Consumer as StockConsumer
+from celery.worker.consumer.mingle import Mingle as StockMingle
+
+from .bootstep import Mingle
+
+__all__ = ["Blueprint", "Consumer"]
+
+_STOCK_STEP = "celery.worker.consumer.mingle:Mingle"
+_OUR_STEP = "mingle_plugins.bootstep:Mingle"
+
+
+class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]
+    """The stock consumer blueprint with :class:`mingle_plugins.bootstep.Mingle`.
+
+    Subclass it (and set ``mingle_step``) to use a Mingle subclass of your own.
+    """
+
+    default_steps = [_OUR_STEP if s == _STOCK_STEP else s for s in StockConsumer.Blueprint.default_steps]
+
+    #: The step that stands in for the stock Mingle step.
+    mingle_step: type[Mingle] = Mingle
+
+    def claim_steps(self) -> dict[str, Any]:
+        steps: dict[str, Any] = super().claim_steps()
+        steps.pop(StockMingle.name, None)  # also when a user listed it in app.steps
+        step = self.mingle_step
+        steps.pop(Mingle.name, None)
+        steps[step.name] = step
+        return steps
+
+    def _finalize_steps(self, steps: dict[str, Any]) -> list[Any]:
+        # As bootsteps.Blueprint._finalize_steps, with one difference: a
+        # dependency on the stock Mingle class is resolved to ours, and the
+        # stock step, pulled in through Tasks/Gossip.requires, is dropped.
+        last = self._find_last()
+        self._firstpass(steps)
+        steps.pop(StockMingle.name, None)
+        ours = self.mingle_step
+
+        def requires(step: Any) -> list[Any]:
+            return [ours if dep is StockMingle else dep for dep in step.requires]
+
+        graph = self.graph = DependencyGraph(
+            ((step, requires(step)) for step in steps.values()),
+            formatter=self.GraphFormatter(root=last),
+        )
+        if last:
+            for obj in graph:
+                if obj != last:
+                    graph.add_edge(last, obj)
+        try:
+            order: list[Any] = graph.topsort()
+        except KeyError as exc:
+            raise KeyError(f"unknown bootstep: {exc}") from exc
+        return order
+
+
+class Consumer(StockConsumer):  # type: ignore[misc]
+    """The stock worker consumer, with the pluggable Mingle step."""
+
+    Blueprint = Blueprint

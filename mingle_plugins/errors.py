@@ -1,0 +1,31 @@
+"""Exceptions raised or understood by mingle_plugins."""
+
+from __future__ import annotations
+
+__all__ = ["MingleError", "PluginLoadError", "RejectReply", "SettingsError"]
+
+
+class MingleError(Exception):
+    """Base class of the errors this package raises."""
+
+
+class SettingsError(MingleError, ValueError):
+    """A ``mingle_*`` setting has a value that is not accepted."""
+
+    def __init__(self, setting: str, value: object, accepted: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"{setting}={value!r} is not accepted: expected {accepted}")
+
+
+class PluginLoadError(MingleError):
+    """A plugin could not be loaded (raised only in strict mode)."""
+
+
+class RejectReply(MingleError):
+    """Raised by a ``mingle_on_reply`` implementation to reject a reply whole.
+
+    The message is the reason; it is logged with the node name and counted in
+    the mingle summary.
+    """

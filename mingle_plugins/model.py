@@ -1,0 +1,74 @@
+"""Plain data passed to and from hooks: hello options and the mingle summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["HelloOptions", "MingleSummary"]
+
+
+@dataclass
+class HelloOptions:
+    """How the hello is collected; ``mingle_tune_hello`` implementations may change it.
+
+    Attributes:
+        timeout: seconds to wait for the first reply and, when ``quiet_window``
+            is ``None``, after every reply (stock Mingle: ``1.0``, an idle timeout).
+        quiet_window: when set, seconds to wait after each reply for the next one;
+            the whole collection then ends ``timeout`` seconds after the hello
+            was sent at the latest. ``None`` keeps the stock idle timeout.
+        expected_replies: when known, how many neighbours will answer; the
+            collection ends as soon as that many replied. ``0`` skips the hello.
+        polling_interval: for polling transports, the interval the collecting
+            connection polls at (``None``: the transport's own).
+        max_clock: reply headers with a larger clock do not move this node's
+            clock (``mingle_max_clock``).
+    """
+
+    timeout: float = 1.0
+    quiet_window: float | None = None
+    expected_replies: int | None = None
+    polling_interval: float | None = None
+    max_clock: int = 2**53
+
+
+@dataclass
+class MingleSummary:
+    """What one mingle did; passed to ``mingle_sync_complete``.
+
+    Attributes:
+        hostname: this worker's node name.
+        transport: the broker transport's ``driver_type``.
+        neighbours: node names that answered, in arrival order.
+        merged_from: node names whose reply was merged.
+        rejected: ``{node name: reason}`` for each reply rejected whole.
+        ids_received: revoked ids received, summed over the merged replies.
+        ids_merged: ids that were not in the revoked set before and are now.
+        revoked_before: size of the revoked set before the mingle.
+        revoked_after: size of the revoked set after the mingle.
+        clock_before: the Lamport clock before the mingle.
+        clock_after: the Lamport clock after the mingle.
+        elapsed: seconds from the hello to the end of the merge.
+        plugins: names of the plugins loaded in this worker.
+        skipped: why the hello was not sent, or ``None``.
+    """
+
+    hostname: str
+    transport: str
+    neighbours: list[str] = field(default_factory=list)
+    merged_from: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    ids_received: int = 0
+    ids_merged: int = 0
+    revoked_before: int = 0
+    revoked_after: int = 0
+    clock_before: int = 0
+    clock_after: int = 0
+    elapsed: float = 0.0
+    plugins: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable copy (for events and ``mingle status``)."""
+        return asdict(self)
