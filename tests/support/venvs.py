@@ -1,0 +1,43 @@
+"""Virtualenvs with a given Celery (stock, or with this package), built once.
+
+They live under ``<repo>/.venvs/`` keyed by what is installed in them, so a
+second test run reuses them. ``MINGLE_VENV_DIR`` moves them elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_DIR = Path(os.environ.get("MINGLE_VENV_DIR", ROOT / ".venvs"))
+
+
+def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), label: str = "env") -> Path:
+    """A virtualenv with ``requirements`` (pip specifiers) and local ``editable`` paths installed.
+
+    Local paths are installed non-editable from a copy, so the key includes their sources' mtimes.
+    """
+    key_src = "\n".join([*requirements, *(str(p) for p in editable), sys.version])
+    for path in editable:
+        for f in sorted(path.rglob("*.py")) + sorted(path.rglob("pyproject.toml")):
+            if ".venvs" not in f.parts and "build" not in f.parts:
+                key_src += f"\n{f}:{f.stat().st_mtime_ns}"
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
+    env_dir = VENV_DIR / f"{label}-{key}"
+    python = env_dir / "bin" / "python"
+    marker = env_dir / ".complete"
+    if marker.exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(env_dir)], check=True)
+    args = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements]
+    args += [str(p) for p in editable]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip install failed in {env_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    marker.write_text(key_src)
+    return python
