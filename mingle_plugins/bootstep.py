@@ -12,6 +12,7 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
+from .control import install_handlers
 from .errors import RejectReply
 from .loader import get_plugin_manager
 from .model import HelloOptions, MingleSummary
@@ -57,6 +58,12 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         if without_mingle:
             debug("mingle: disabled by --without-mingle")
         super().__init__(c, without_mingle=without_mingle, **kwargs)
+
+    def include(self, parent: Any) -> bool:
+        included: bool = super().include(parent)
+        # Also when mingle is off: ``mingle_status`` says why.
+        install_handlers(parent, self)
+        return included
 
     # -- transport ---------------------------------------------------------
 

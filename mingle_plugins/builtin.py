@@ -1,5 +1,9 @@
 """The built-in hook implementations: exactly what stock Celery Mingle does.
 
+``mingle_transport_compatible`` has none: when every plugin abstains, the
+step's ``compatible_transports`` (the stock set of the installed Celery)
+answers, so that a subclass may change it.
+
 Registered first under the name ``builtin``, so they run last: any plugin's
 answer comes before them.
 """
@@ -9,9 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery
-from celery.worker.consumer.mingle import Mingle as StockMingle
-
 from .markers import hookimpl
 from .model import HelloOptions
 from .wire import collect_hello, sends_ids_only
@@ -20,14 +21,7 @@ __all__ = [
     "mingle_adjust_clock",
     "mingle_merge_revoked",
     "mingle_send_hello",
-    "mingle_transport_compatible",
 ]
-
-
-@hookimpl(trylast=True)
-def mingle_transport_compatible(app: Celery, driver_type: str) -> bool | None:
-    """The stock set of the installed Celery (``amqp``, ``redis``, 5.5+: ``gcpubsub``)."""
-    return driver_type in StockMingle.compatible_transports
 
 
 @hookimpl(trylast=True)

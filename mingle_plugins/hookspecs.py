@@ -44,8 +44,8 @@ def mingle_transport_compatible(app: Celery, driver_type: str) -> bool | None:
     :return: ``True`` to claim the transport, ``False`` to refuse it,
         ``None`` to abstain. ``firstresult``: the first ``True`` or ``False``
         wins, so return ``None`` for transports you know nothing about.
-        The built-in answer is the stock ``Mingle.compatible_transports`` set of
-        the installed Celery.
+        When every plugin abstains, the step's ``compatible_transports`` answers:
+        the stock set of the installed Celery.
 
     .. versionadded:: 0.1
     """

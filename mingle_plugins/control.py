@@ -1,0 +1,64 @@
+"""Remote-control commands this worker answers: ``mingle_status`` (and the hello).
+
+They are installed on *this worker's* pidbox node (a copy of Celery's handler
+table, per consumer), never in Celery's global ``Panel`` registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery.utils.log import get_logger
+
+if TYPE_CHECKING:
+    from .bootstep import Mingle
+
+__all__ = ["CONTROL_STEP", "STATUS_COMMAND", "install_handlers", "status_reply"]
+
+logger = get_logger(__name__)
+
+#: The name of Celery's remote-control consumer step.
+CONTROL_STEP = "celery.worker.consumer.control.Control"
+
+#: ``app.control.broadcast(STATUS_COMMAND, reply=True)`` asks workers about their last mingle.
+STATUS_COMMAND = "mingle_status"
+
+
+def status_reply(step: Mingle) -> dict[str, Any]:
+    """What a worker says about its Mingle step: settings, plugins, last mingle."""
+    return {
+        "enabled": bool(step.enabled),
+        "transport": step.driver_type,
+        "plugins": [
+            {
+                "name": r.name,
+                "distribution": r.distribution,
+                "version": r.version,
+                "status": r.status,
+                "reason": r.reason,
+                "hooks": list(r.hooks),
+            }
+            for r in step.pm.records
+        ],
+        "last": step.last_summary.as_dict() if step.last_summary else None,
+    }
+
+
+def install_handlers(parent: Any, step: Mingle) -> bool:
+    """Give the consumer's pidbox node its own handler table with our commands.
+
+    :return: ``False`` when the worker has no remote control (nothing to install).
+    """
+    control = getattr(parent, "blueprint", None) and parent.blueprint.steps.get(CONTROL_STEP)
+    node = getattr(getattr(control, "box", None), "node", None)
+    if node is None:
+        return False
+    handlers: dict[str, Callable[..., Any]] = dict(node.handlers)
+
+    def mingle_status(state: Any, **kwargs: Any) -> dict[str, Any]:
+        return status_reply(step)
+
+    handlers[STATUS_COMMAND] = mingle_status
+    node.handlers = handlers
+    return True
