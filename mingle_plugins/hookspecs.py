@@ -19,15 +19,15 @@ if TYPE_CHECKING:
 
     from .model import HelloOptions, MingleSummary
 
-__all__ = [
-    "mingle_adjust_clock",
-    "mingle_expected_replies",
-    "mingle_merge_revoked",
-    "mingle_on_reply",
-    "mingle_send_hello",
-    "mingle_sync_complete",
+__all__ = [  # in the order a mingle calls them
     "mingle_transport_compatible",
     "mingle_tune_hello",
+    "mingle_expected_replies",
+    "mingle_send_hello",
+    "mingle_on_reply",
+    "mingle_adjust_clock",
+    "mingle_merge_revoked",
+    "mingle_sync_complete",
 ]
 
 
@@ -66,7 +66,7 @@ def mingle_tune_hello(app: Celery, driver_type: str, options: HelloOptions) -> N
     :param app: the Celery application.
     :param driver_type: the broker transport's ``driver_type``.
     :param options: the :class:`~mingle_plugins.HelloOptions` to adjust.
-    :return: ignored.
+    :return: ignored. Not ``firstresult``: every implementation is called.
 
     .. versionadded:: 0.1
     """
@@ -130,7 +130,8 @@ def mingle_on_reply(consumer: Any, nodename: str, reply: dict[str, Any]) -> None
     :return: ignored. Raise :class:`~mingle_plugins.RejectReply` to reject the
         whole reply; any other exception also rejects it (fail closed) and is
         logged with the plugin's name. After the hook the built-in validation
-        still checks the (transformed) reply, whole or nothing.
+        still checks the (transformed) reply, whole or nothing. Not
+        ``firstresult``: every implementation is called.
 
     .. versionadded:: 0.1
     """
@@ -184,7 +185,7 @@ def mingle_sync_complete(consumer: Any, summary: MingleSummary) -> None:
 
     :param consumer: the worker's ``Consumer``.
     :param summary: the :class:`~mingle_plugins.MingleSummary`.
-    :return: ignored. Every implementation is called.
+    :return: ignored. Not ``firstresult``: every implementation is called.
 
     .. versionadded:: 0.1
     """

@@ -42,8 +42,12 @@ def make_cluster(tmp_path: Path) -> Iterator[object]:
     """``make_cluster(broker, conf=None, python=sys.executable)`` -> :class:`Cluster`."""
     clusters: list[Cluster] = []
 
-    def make(broker: str, conf: dict[str, object] | None = None, python: str | Path = sys.executable,
-             directory: Path | None = None) -> Cluster:
+    def make(
+        broker: str,
+        conf: dict[str, object] | None = None,
+        python: str | Path = sys.executable,
+        directory: Path | None = None,
+    ) -> Cluster:
         directory = directory or tmp_path / f"cluster{len(clusters)}"
         config = write_app(directory, broker, conf)
         cluster = Cluster(directory, config, python)

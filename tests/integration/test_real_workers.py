@@ -25,7 +25,9 @@ def test_newcomer_learns_revoked_ids_and_clock(make_cluster, broker: str, neighb
     assert cluster.clock("new@mingletest") > max(clocks)
     log = newcomer.log()
     assert f"mingle: sync with {neighbours} nodes" in log
-    assert re.search(rf"mingle: summary: {neighbours} neighbours, {neighbours} merged, 5 ids merged, 0 rejected", log)
+    assert re.search(
+        rf"mingle: summary: {neighbours} neighbours, {neighbours} merged, 5 ids merged, 0 rejected", log
+    )
 
 
 def test_step_runs_once_between_events_and_tasks(make_cluster, redis_url: str) -> None:

@@ -38,6 +38,8 @@ def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), l
     args += [str(p) for p in editable]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"pip install failed in {env_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"pip install failed in {env_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     marker.write_text(key_src)
     return python

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-APP_TEMPLATE = '''\
+APP_TEMPLATE = """\
 from celery import Celery
 
 app = Celery("{name}")
@@ -29,12 +29,14 @@ app.conf.update({conf!r})
 @app.task
 def noop():
     return None
-'''
+"""
 
 MINGLE_LINE = re.compile(r"^\[(?P<ts>[\d\- :,]+): \w+/[\w-]+\] (?P<msg>mingle: .*)$", re.M)
 
 
-def write_app(directory: Path, broker: str, conf: Mapping[str, Any] | None = None, name: str = "proj") -> dict[str, Any]:
+def write_app(
+    directory: Path, broker: str, conf: Mapping[str, Any] | None = None, name: str = "proj"
+) -> dict[str, Any]:
     """Write ``<directory>/<name>.py``, a Celery app on ``broker``; return its config."""
     config: dict[str, Any] = {
         "broker_url": broker,
@@ -75,8 +77,21 @@ class Worker:
         self.log_path = directory / f"{nodename.replace('@', '_')}.log"
         self.log_path.unlink(missing_ok=True)
         cmd = [
-            str(python), "-m", "celery", "-A", app, "worker", "-n", nodename, "-P", "solo",
-            "-l", loglevel, "--without-gossip", "--without-heartbeat", f"--logfile={self.log_path}",
+            str(python),
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-n",
+            nodename,
+            "-P",
+            "solo",
+            "-l",
+            loglevel,
+            "--without-gossip",
+            "--without-heartbeat",
+            f"--logfile={self.log_path}",
             *args,
         ]
         full_env = dict(os.environ)
@@ -85,7 +100,11 @@ class Worker:
         full_env.update(env or {})
         self.cmd = cmd
         self.proc = subprocess.Popen(
-            cmd, cwd=directory, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=directory,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -150,7 +169,9 @@ class Worker:
 class Cluster:
     """Workers sharing one app directory; stops them all on close."""
 
-    def __init__(self, directory: Path, config: Mapping[str, Any], python: str | Path = sys.executable) -> None:
+    def __init__(
+        self, directory: Path, config: Mapping[str, Any], python: str | Path = sys.executable
+    ) -> None:
         self.directory = directory
         self.config = dict(config)
         self.python = python
