@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,13 +14,14 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
+from . import protocol
 from .control import install_handlers
 from .errors import RejectReply
 from .loader import get_plugin_manager
 from .model import HelloOptions, MingleSummary
 from .runner import HookRunner, PluginHung
 from .settings import load_settings
-from .wire import InvalidReply, ReplyLimits, revoked_for_hello, validate_reply
+from .wire import InvalidReply, ReplyLimits, revoked_for_hello, sends_ids_only, validate_reply
 
 __all__ = ["Mingle"]
 
@@ -54,6 +57,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.last_summary: MingleSummary | None = None
         self._summary: MingleSummary | None = None
         self._node: str | None = None
+        self._nonce: str | None = None
+        #: Validated revoked ids waiting for the bulk merge (``mingle_merge = "bulk"``).
+        self._pending: list[Any] | None = None
         self.enabled = not without_mingle and self.compatible_transport(c.app)
         if without_mingle:
             debug("mingle: disabled by --without-mingle")
@@ -113,14 +119,20 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             if replies:
                 summary.neighbours = [node for node, value in replies.items() if value]
                 info("mingle: sync with %s nodes", len(summary.neighbours))
+                cpu = time.process_time()
+                self._pending = [] if self.settings.merge == "bulk" else None
                 for nodename, reply in replies.items():
                     if reply:
                         self.on_node_reply(c, nodename, reply)
+                self._merge_pending(c)
+                summary.merge_cpu = time.process_time() - cpu
                 info("mingle: sync complete")
             else:
                 info("mingle: all alone")
         finally:
             self._summary = None
+            self._pending = None
+            self._nonce = None
         summary.elapsed = time.monotonic() - started
         summary.revoked_after = len(state.revoked)
         summary.ids_merged = sum(1 for task_id in state.revoked if task_id not in before)
@@ -159,7 +171,15 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             self.runner.call("mingle_tune_hello", app=c.app, driver_type=self.driver_type, options=options)
         except Exception as exc:
             error("mingle: mingle_tune_hello failed, using the settings: %r", exc)
-        checked = HelloOptions(timeout=s.hello_timeout, quiet_window=s.quiet_window, max_clock=s.max_clock)
+        checked = HelloOptions(
+            timeout=s.hello_timeout,
+            quiet_window=s.quiet_window,
+            max_clock=s.max_clock,
+            count_receivers=s.expect_replies,
+            digest=s.digest,
+            nonce=secrets.token_hex(16) if s.hmac_keys else None,
+            signing_key=s.hmac_keys[0] if s.hmac_keys else None,
+        )
         for name in ("timeout", "quiet_window", "polling_interval"):
             value = getattr(options, name)
             if value is None or (
@@ -189,6 +209,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         if options.expected_replies == 0:
             debug("mingle: the broker says no other node listens; no hello sent")
             return {}
+        self._nonce = options.nonce
         revoked = revoked_for_hello(c.controller.state)
         try:
             replies = self.runner.call(
@@ -216,6 +237,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             if not isinstance(reply, Mapping):
                 raise InvalidReply(f"reply is a {type(reply).__name__}, not a mapping")
             reply = dict(reply)
+            self.check_trust(nodename, reply)
             self.runner.call("mingle_on_reply", fail_closed=True, consumer=c, nodename=nodename, reply=reply)
             limits = ReplyLimits(
                 max_ids=c.controller.state.revoked.maxlen or 2**31,
@@ -241,6 +263,16 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             self._summary.merged_from.append(nodename)
             self._summary.ids_received += len(valid.revoked or ())
 
+    def check_trust(self, nodename: str, reply: Mapping[str, Any]) -> None:
+        """Apply ``mingle_trusted_nodes`` and ``mingle_hmac_keys``; raise RejectReply."""
+        s = self.settings
+        if s.trusted_nodes is not None and not any(fnmatch.fnmatchcase(nodename, p) for p in s.trusted_nodes):
+            raise RejectReply("node name not in mingle_trusted_nodes")
+        if s.hmac_keys:
+            problem = protocol.verify(s.hmac_keys, self._nonce or "", nodename, reply)
+            if problem and not (s.accept_unsigned and "mingle" not in reply):
+                raise RejectReply(problem)
+
     def sync_with_node(self, c: Any, clock: int | None = None, revoked: Any = None, **kwargs: Any) -> None:
         self.on_clock_event(c, clock)
         self.on_revoked_received(c, revoked)
@@ -255,10 +287,35 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     def on_revoked_received(self, c: Any, revoked: Any) -> None:
         if not revoked:
             return
+        if self._pending is not None:
+            self._pending.append(revoked)  # merged once, after the last reply
+            return
+        self._merge(c, revoked, self._node)
+
+    def _merge_pending(self, c: Any) -> None:
+        """The bulk merge: every reply's ids at once, only those not known yet."""
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        revoked_set = c.controller.state.revoked
+        if sends_ids_only(c.controller.state):
+            union = dict.fromkeys(task_id for ids in pending for task_id in ids)
+            new: Any = [task_id for task_id in union if task_id not in revoked_set]
+        else:  # 5.3-5.6 merge keeps the sender's stamps; ids from lists get ours
+            now = time.monotonic()
+            stamps: dict[str, float] = {}
+            for ids in pending:
+                stamps.update(ids if isinstance(ids, dict) else dict.fromkeys(ids, now))
+            new = {task_id: stamp for task_id, stamp in stamps.items() if task_id not in revoked_set}
+        debug("mingle: bulk merge of %d new ids from %d replies", len(new), len(pending))
+        if new:
+            self._merge(c, new, None)
+
+    def _merge(self, c: Any, revoked: Any, nodename: str | None) -> None:
         revoked_set = c.controller.state.revoked
         guard = len(self.pm.hook.mingle_merge_revoked.get_hookimpls()) > 1
         saved = dict(revoked_set._data) if guard else {}
-        self.runner.call("mingle_merge_revoked", consumer=c, revoked=revoked, nodename=self._node)
+        self.runner.call("mingle_merge_revoked", consumer=c, revoked=revoked, nodename=nodename)
         if guard:
             self._restore_lost(revoked_set, saved)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .markers import hookimpl
 from .model import HelloOptions
-from .wire import collect_hello, sends_ids_only
+from .wire import hello_exchange, sends_ids_only
 
 __all__ = [
     "mingle_adjust_clock",
@@ -26,9 +26,12 @@ __all__ = [
 
 @hookimpl(trylast=True)
 def mingle_send_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Mapping[str, Any] | None:
-    """The stock pidbox ``hello`` broadcast, collected as ``options`` say."""
-    arguments = {"from_node": consumer.hostname, "revoked": revoked}
-    return collect_hello(consumer.app, consumer.connection, arguments, options)
+    """The stock pidbox ``hello`` broadcast, collected as ``options`` say.
+
+    With the default settings this is exactly the stock hello; see
+    :func:`mingle_plugins.wire.hello_exchange` for what the options change.
+    """
+    return hello_exchange(consumer, revoked, options)
 
 
 @hookimpl(trylast=True)

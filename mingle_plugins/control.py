@@ -6,10 +6,13 @@ table, per consumer), never in Celery's global ``Panel`` registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
+
+from . import protocol
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -60,5 +63,36 @@ def install_handlers(parent: Any, step: Mingle) -> bool:
         return status_reply(step)
 
     handlers[STATUS_COMMAND] = mingle_status
+    stock_hello = handlers.get("hello")
+    if stock_hello is not None:
+        handlers["hello"] = make_hello(step, stock_hello)
     node.handlers = handlers
     return True
+
+
+def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the stock ``hello`` handler: a stock request gets the stock reply.
+
+    With trust settings, ids carried by a request from an untrusted or (with
+    ``mingle_hmac_keys``) unsigned sender are not merged here.
+    """
+
+    def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
+        settings = step.settings
+        if revoked and from_node != state.hostname:
+            refused = ""
+            if settings.trusted_nodes is not None and not any(
+                fnmatch.fnmatchcase(str(from_node), p) for p in settings.trusted_nodes
+            ):
+                refused = "not in mingle_trusted_nodes"
+            elif settings.hmac_keys and not settings.accept_unsigned:
+                refused = protocol.verify_request(settings.hmac_keys, from_node, revoked, mingle) or ""
+            if refused:
+                logger.warning("mingle: not merging the ids sent by %s: %s", from_node, refused)
+                revoked = None
+        reply = stock_hello(state, from_node, revoked=revoked, **kwargs)
+        if reply is None or not isinstance(mingle, Mapping):
+            return reply
+        return protocol.extend_reply(reply, mingle, state.hostname, settings.hmac_keys)
+
+    return hello

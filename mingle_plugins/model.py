@@ -24,6 +24,15 @@ class HelloOptions:
             connection polls at (``None``: the transport's own).
         max_clock: reply headers with a larger clock do not move this node's
             clock (``mingle_max_clock``).
+        count_receivers: on Redis, take the number of subscribers the hello was
+            published to as ``expected_replies`` when no plugin gave one
+            (``mingle_expect_replies``).
+        digest: ask neighbours running this package for a digest first, and
+            the full list from one node per digest (``mingle_digest``).
+        nonce: a fresh random string per mingle that signed replies must
+            cover (set when ``mingle_hmac_keys`` is).
+        signing_key: the key that signs the request (the first of
+            ``mingle_hmac_keys``), or ``None``; never shown in ``repr``.
     """
 
     timeout: float = 1.0
@@ -31,6 +40,10 @@ class HelloOptions:
     expected_replies: int | None = None
     polling_interval: float | None = None
     max_clock: int = 2**53
+    count_receivers: bool = False
+    digest: bool = False
+    nonce: str | None = None
+    signing_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -50,6 +63,8 @@ class MingleSummary:
         clock_before: the Lamport clock before the mingle.
         clock_after: the Lamport clock after the mingle.
         elapsed: seconds from the hello to the end of the merge.
+        merge_cpu: CPU seconds of this process spent checking and merging the
+            replies (after they were received and decoded).
         plugins: names of the plugins loaded in this worker.
         skipped: why the hello was not sent, or ``None``.
     """
@@ -66,6 +81,7 @@ class MingleSummary:
     clock_before: int = 0
     clock_after: int = 0
     elapsed: float = 0.0
+    merge_cpu: float = 0.0
     plugins: list[str] = field(default_factory=list)
     skipped: str | None = None
 

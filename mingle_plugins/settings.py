@@ -17,13 +17,25 @@ from typing import Any
 
 from .errors import SettingsError
 
-__all__ = ["ENV_PLUGINS", "MingleSettings", "load_settings"]
+__all__ = ["ENV_HMAC_KEYS", "ENV_PLUGINS", "FAST_PROFILE", "MingleSettings", "load_settings"]
 
 logger = logging.getLogger("mingle_plugins")
 
 #: Environment variable choosing plugins by name, comma-separated; empty
 #: means none. It wins over ``mingle_plugins`` (like ``LLM_LOAD_PLUGINS``).
 ENV_PLUGINS = "CELERY_MINGLE_PLUGINS"
+
+#: Environment variable with the HMAC keys, comma-separated (first one signs).
+#: It wins over ``mingle_hmac_keys``, so keys can stay out of config files.
+ENV_HMAC_KEYS = "CELERY_MINGLE_HMAC_KEYS"
+
+#: What ``mingle_profile = "fast"`` sets, unless the setting is given itself.
+FAST_PROFILE: dict[str, Any] = {
+    "expect_replies": True,
+    "quiet_window": 0.05,
+    "merge": "bulk",
+    "digest": True,
+}
 
 
 @dataclass(frozen=True)
@@ -33,12 +45,18 @@ class MingleSettings:
     plugins: tuple[str, ...] | None = None
     disabled_plugins: tuple[str, ...] = ()
     strict: bool = False
+    profile: str = "stock"
     hello_timeout: float = 1.0
     quiet_window: float | None = None
     expect_replies: bool = False
+    merge: str = "stock"
+    digest: bool = False
     plugin_timeout: float = 5.0
     max_clock: int = 2**53
     max_id_length: int = 1024
+    trusted_nodes: tuple[str, ...] | None = None
+    hmac_keys: tuple[str, ...] = field(default=(), repr=False)
+    accept_unsigned: bool = False
     plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def for_plugin(self, name: str) -> Mapping[str, Any]:
@@ -50,7 +68,9 @@ class MingleSettings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, tuple):
+            if f.name == "hmac_keys":
+                value = f"<{len(value)} keys>"  # never shown
+            elif isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
                 value = {k: dict(v) for k, v in value.items()}
@@ -97,6 +117,15 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError
+        return str(value)
+
+    return parse
+
+
 def _plugin_settings(value: Any) -> Mapping[str, Mapping[str, Any]]:
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
@@ -110,12 +139,18 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "plugins": (_optional_names, "None or a list of plugin names"),
     "disabled_plugins": (_names, "a list of plugin names"),
     "strict": (_bool, "True or False"),
+    "profile": (_choice("stock", "fast"), "'stock' or 'fast'"),
     "hello_timeout": (_seconds, "a number of seconds > 0"),
     "quiet_window": (_optional_seconds, "None or a number of seconds > 0"),
     "expect_replies": (_bool, "True or False"),
+    "merge": (_choice("stock", "bulk"), "'stock' or 'bulk'"),
+    "digest": (_bool, "True or False"),
     "plugin_timeout": (_seconds, "a number of seconds > 0"),
     "max_clock": (_positive_int, "an integer > 0"),
     "max_id_length": (_positive_int, "an integer > 0"),
+    "trusted_nodes": (_optional_names, "None or a list of node name patterns (fnmatch)"),
+    "hmac_keys": (_names, "a list of secret strings (the first one signs)"),
+    "accept_unsigned": (_bool, "True or False"),
     "plugin_settings": (_plugin_settings, "a dict of {plugin name: dict of settings}"),
 }
 
@@ -129,7 +164,6 @@ def load_settings(
     :raises SettingsError: on the first problem, when ``mingle_strict`` is true.
     """
     environ = os.environ if environ is None else environ
-    defaults = MingleSettings()
     values: dict[str, Any] = {}
     problems: list[SettingsError] = []
     for name, (parse, accepted) in _PARSERS.items():
@@ -140,12 +174,19 @@ def load_settings(
         try:
             values[name] = parse(raw)
         except (TypeError, ValueError):
-            problems.append(SettingsError(key, raw, accepted))
+            problems.append(SettingsError(key, "<hidden>" if name == "hmac_keys" else raw, accepted))
     if ENV_PLUGINS in environ:
         values["plugins"] = _names(environ[ENV_PLUGINS])
-    settings = MingleSettings(**{**{f.name: getattr(defaults, f.name) for f in fields(defaults)}, **values})
+    if environ.get(ENV_HMAC_KEYS):
+        values["hmac_keys"] = _names(environ[ENV_HMAC_KEYS])
+    if values.get("profile") == "fast":
+        values = {**FAST_PROFILE, **values}
+    settings = MingleSettings(**values)
     for problem in problems:
-        logger.error("mingle: %s; using the default %r", problem, getattr(defaults, problem.setting[7:]))
+        used = getattr(settings, problem.setting[len("mingle_") :])
+        logger.error(
+            "mingle: %s; using the default %r", problem, "<hidden>" if problem.value == "<hidden>" else used
+        )
     if problems and settings.strict:
         raise problems[0]
     return settings, problems

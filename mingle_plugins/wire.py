@@ -8,23 +8,30 @@ A reply is checked whole before anything of it is merged.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery.worker import state as worker_state
-from kombu.messaging import Consumer
+from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
+from . import protocol
 from .model import HelloOptions
+
+logger = logging.getLogger("mingle_plugins")
 
 __all__ = [
     "InvalidReply",
     "ReplyLimits",
     "ValidReply",
     "collect_hello",
+    "count_fanout_receivers",
+    "hello_exchange",
     "revoked_for_hello",
     "sends_ids_only",
     "validate_reply",
@@ -121,14 +128,63 @@ def validate_reply(reply: Any, limits: ReplyLimits) -> ValidReply:
     raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
 
 
+class _PublishCounter:
+    """Wraps a redis client: remembers how many subscribers each PUBLISH reached."""
+
+    def __init__(self, client: Any, counts: list[int]) -> None:
+        self._client = client
+        self._counts = counts
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        receivers = self._client.publish(*args, **kwargs)
+        self._counts.append(int(receivers))
+        return receivers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@contextmanager
+def count_fanout_receivers(connection: Any, chan: Any) -> Iterator[list[int]]:
+    """On Redis, count the subscribers a fanout publish reaches (else count nothing).
+
+    kombu publishes a fanout message with ``PUBLISH``, whose answer is the number
+    of subscribers that got it: the other workers' pidbox consumers. kombu drops
+    that number, so the channel's client is wrapped for this one publish (on this
+    channel instance only).
+    """
+    counts: list[int] = []
+    original = getattr(chan, "conn_or_acquire", None)
+    if connection.transport.driver_type != "redis" or original is None:
+        yield counts
+        return
+
+    @contextmanager
+    def counting(client: Any = None) -> Iterator[Any]:
+        with original(client) as real:
+            yield _PublishCounter(real, counts)
+
+    chan.conn_or_acquire = counting
+    try:
+        yield counts
+    finally:
+        del chan.conn_or_acquire
+
+
 def collect_hello(
-    app: Any, connection: Any, arguments: Mapping[str, Any], options: HelloOptions
+    app: Any,
+    connection: Any,
+    arguments: Mapping[str, Any],
+    options: HelloOptions,
+    destination: list[str] | None = None,
 ) -> dict[str, Any]:
     """Broadcast ``hello`` on the pidbox and collect the replies by node name.
 
     Stock Celery (kombu ``Mailbox._broadcast``) waits ``timeout`` after every
-    reply. Here ``options.expected_replies`` ends the wait as soon as that many
-    arrived, and ``options.quiet_window`` waits that long after each reply with
+    reply. Here the collection ends as soon as the expected number of nodes
+    replied (``destination``, ``options.expected_replies``, or on Redis the
+    number of subscribers the hello reached when ``options.count_receivers``),
+    and ``options.quiet_window`` waits that long after each reply, with
     ``timeout`` as the bound of the whole collection. A body that is not a
     mapping is kept under ``"<malformed reply N>"`` so that it is rejected and
     counted like any invalid reply.
@@ -136,6 +192,7 @@ def collect_hello(
     mailbox = app.control.mailbox(connection)
     chan = connection.default_channel
     ticket = uuid()
+    own = arguments.get("from_node")
     replies: dict[str, Any] = {}
     malformed = 0
 
@@ -163,8 +220,26 @@ def collect_hello(
         malformed += 1
         replies[f"<malformed reply {malformed}>"] = f"undecodable: {exc!r:.200}"
 
-    # kombu's private publish: the same call Celery's broadcast makes, without its collector.
-    mailbox._publish("hello", dict(arguments), reply_ticket=ticket, channel=chan, timeout=options.timeout)
+    with count_fanout_receivers(connection, chan) as receivers:
+        # kombu's private publish: the same call Celery's broadcast makes, without its collector.
+        # Our own producer on ``chan``: the mailbox's pooled one would use another connection.
+        mailbox._publish(
+            "hello",
+            dict(arguments),
+            destination=destination,
+            reply_ticket=ticket,
+            channel=chan,
+            timeout=options.timeout,
+            producer=Producer(chan, auto_declare=False),
+        )
+    expected = options.expected_replies
+    if destination:
+        expected = len(destination)
+    elif expected is None and options.count_receivers and receivers:
+        expected = sum(receivers)
+        logger.debug("mingle: the hello reached %d subscribers", expected)
+    if expected == 0:
+        return replies
     transport = connection.transport
     saved_interval = getattr(transport, "polling_interval", None)
     if options.polling_interval is not None and saved_interval is not None:
@@ -175,8 +250,7 @@ def collect_hello(
     deadline = time.monotonic() + options.timeout
     try:
         with consumer:
-            own = arguments.get("from_node")
-            while options.expected_replies is None or len(replies.keys() - {own}) < options.expected_replies:
+            while expected is None or len(replies.keys() - {own}) < expected:
                 wait = options.timeout
                 if replies and options.quiet_window is not None:
                     wait = min(options.quiet_window, deadline - time.monotonic())
@@ -190,4 +264,47 @@ def collect_hello(
         if options.polling_interval is not None and saved_interval is not None:
             transport.polling_interval = saved_interval
         chan.after_reply_message_received(mailbox.reply_queue.name)
+    logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
+    return replies
+
+
+def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[str, Any]:
+    """The whole hello: one broadcast, then, with ``options.digest``, the full
+    lists from one node per digest this node does not have yet.
+    """
+    app, connection = consumer.app, consumer.connection
+    arguments: dict[str, Any] = {"from_node": consumer.hostname, "revoked": revoked}
+    ext: dict[str, Any] = {"v": protocol.VERSION}
+    if options.nonce:
+        ext["nonce"] = options.nonce
+        if options.signing_key:
+            ext["request_signature"] = protocol.sign_request(
+                options.signing_key, options.nonce, consumer.hostname, revoked
+            )
+    if options.digest:
+        ext["want"] = "digest"
+    if len(ext) > 1:
+        arguments["mingle"] = ext
+    replies = collect_hello(app, connection, arguments, options)
+    if not options.digest:
+        return replies
+    own = protocol.digest(protocol.reply_ids(revoked))
+    groups: dict[str, list[str]] = {}
+    for node, reply in replies.items():
+        theirs = reply.get("mingle") if isinstance(reply, Mapping) else None
+        if isinstance(theirs, Mapping) and theirs.get("digest") not in (None, own) and theirs.get("count"):
+            groups.setdefault(str(theirs["digest"]), []).append(node)
+    full_options = replace(options, expected_replies=None)
+    for digest, nodes in groups.items():
+        for node in nodes:  # the first node of a digest that answers in full
+            ask = {"from_node": consumer.hostname, "revoked": None, "mingle": {**ext, "want": "full"}}
+            full = collect_hello(app, connection, ask, full_options, destination=[node])
+            if isinstance(full.get(node), Mapping):
+                replies[node] = full[node]
+                logger.debug(
+                    "mingle: full list of digest %.12s from %s (%d nodes share it)", digest, node, len(nodes)
+                )
+                break
+        else:
+            logger.warning("mingle: no node of digest %.12s sent its full list", digest)
     return replies

@@ -20,10 +20,14 @@ from typing import Any
 from celery import Celery
 
 APP_TEMPLATE = """\
+import os
+
 from celery import Celery
 
 app = Celery("{name}")
 app.conf.update({conf!r})
+if os.environ.get("MINGLE_TEST_STOCK"):  # this worker runs stock Celery Mingle
+    app.conf.worker_consumer = "celery.worker.consumer:Consumer"
 
 
 @app.task

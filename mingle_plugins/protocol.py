@@ -1,0 +1,124 @@
+"""The ``mingle`` extension of the hello: digests and signed replies.
+
+A newcomer running this package may add a ``mingle`` argument to the stock
+``hello`` control command; stock workers ignore it (their ``hello`` takes
+``**kwargs``) and answer as always. Workers running this package answer it:
+
+- ``{"v": 1, "want": "digest"}``: the reply carries no ids but
+  ``mingle = {"v": 1, "digest": D, "count": N}``, where ``D`` is the SHA-256 of
+  the node's sorted revoked ids. The newcomer then asks one node per digest
+  it does not have for the full list (``want: "full"``, with ``destination``).
+- ``"nonce": S``: with ``mingle_hmac_keys`` set, the reply gets
+  ``mingle.signature``, an HMAC-SHA256 (first key) of the nonce, the node
+  name, the clock, the digest of the ids carried and the advertised digest
+  and count. The receiver checks it against each configured key.
+
+A stock newcomer never sends ``mingle``, so it always gets a stock reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "EMPTY_DIGEST",
+    "VERSION",
+    "digest",
+    "extend_reply",
+    "reply_ids",
+    "sign",
+    "sign_request",
+    "verify",
+    "verify_request",
+]
+
+#: The version of the extension this package speaks.
+VERSION = 1
+
+
+def digest(ids: Iterable[str]) -> str:
+    """SHA-256 of the sorted, newline-joined ids: equal sets, equal digests."""
+    h = hashlib.sha256()
+    for task_id in sorted(ids):
+        h.update(task_id.encode("utf-8", "surrogatepass"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+EMPTY_DIGEST = digest(())
+
+
+def reply_ids(revoked: Any) -> list[str]:
+    """The ids of a reply's ``revoked`` (a list, or a 5.3-5.6 stamp dict)."""
+    if not revoked:
+        return []
+    return [task_id for task_id in revoked if isinstance(task_id, str)]
+
+
+def _message(nonce: str, node: str, clock: Any, carried: str, ext: Mapping[str, Any]) -> bytes:
+    fields = [VERSION, nonce, node, clock, carried, ext.get("digest"), ext.get("count")]
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def sign(key: str, nonce: str, node: str, reply: Mapping[str, Any], ext: Mapping[str, Any]) -> str:
+    """The signature of ``reply`` (with extension fields ``ext``) for one request."""
+    carried = digest(reply_ids(reply.get("revoked")))
+    return hmac.new(
+        key.encode(), _message(nonce, node, reply.get("clock"), carried, ext), "sha256"
+    ).hexdigest()
+
+
+def verify(keys: Sequence[str], nonce: str, node: str, reply: Mapping[str, Any]) -> str | None:
+    """Check a reply's signature; return ``None`` if valid, else the reason."""
+    ext = reply.get("mingle")
+    if not isinstance(ext, Mapping) or not isinstance(ext.get("signature"), str):
+        return "unsigned reply (mingle_hmac_keys is set)"
+    signature = ext["signature"]
+    for key in keys:
+        if hmac.compare_digest(sign(key, nonce, node, reply, ext), signature):
+            return None
+    return "bad signature: no configured key matches (or the reply was altered or replayed)"
+
+
+def _request_message(nonce: str, node: str, revoked: Any) -> bytes:
+    return json.dumps([VERSION, "request", nonce, node, digest(reply_ids(revoked))]).encode()
+
+
+def sign_request(key: str, nonce: str, node: str, revoked: Any) -> str:
+    """The signature of a hello request: its nonce, sender and the ids it carries."""
+    return hmac.new(key.encode(), _request_message(nonce, node, revoked), "sha256").hexdigest()
+
+
+def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> str | None:
+    """Check a hello request's signature; return ``None`` if valid, else the reason."""
+    if not isinstance(ext, Mapping) or not isinstance(ext.get("request_signature"), str):
+        return "unsigned request"
+    nonce = ext.get("nonce")
+    if not isinstance(nonce, str):
+        return "request without a nonce"
+    for key in keys:
+        if hmac.compare_digest(sign_request(key, nonce, node, revoked), ext["request_signature"]):
+            return None
+    return "bad request signature"
+
+
+def extend_reply(
+    reply: Mapping[str, Any], request: Mapping[str, Any], node: str, keys: Sequence[str]
+) -> dict[str, Any]:
+    """Answer a newcomer's ``mingle`` request: a digest instead of the ids, and a signature."""
+    out = dict(reply)
+    ext: dict[str, Any] = {"v": VERSION}
+    if request.get("want") == "digest":
+        ids = reply_ids(reply.get("revoked"))
+        ext["digest"] = digest(ids)
+        ext["count"] = len(ids)
+        out["revoked"] = type(reply.get("revoked") or [])()  # [] or {}, as this Celery sends
+    nonce = request.get("nonce")
+    if keys and isinstance(nonce, str):
+        ext["signature"] = sign(keys[0], nonce, node, out, ext)
+    out["mingle"] = ext
+    return out
