@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from mingle_plugins import load_settings
+from mingle_plugins.protocol import EMPTY_DIGEST, digest, extend_reply, sign_request, verify, verify_request
+
+IDS = ["b", "a", "c"]
+
+
+def test_digest_is_order_and_format_independent() -> None:
+    assert digest(IDS) == digest(["a", "b", "c"]) == digest({"a": 1.0, "b": 2.0, "c": 3.0})
+    assert digest(IDS) != digest(["a", "b"]) and digest([]) == EMPTY_DIGEST
+
+
+def test_digest_reply_carries_no_ids() -> None:
+    reply = extend_reply({"revoked": IDS, "clock": 5}, {"v": 1, "want": "digest"}, "n@x", ())
+    assert reply["revoked"] == [] and reply["clock"] == 5
+    assert reply["mingle"] == {"v": 1, "digest": digest(IDS), "count": 3}
+    stamped = extend_reply({"revoked": {"a": [1.0, "a"]}, "clock": 5}, {"want": "digest"}, "n@x", ())
+    assert stamped["revoked"] == {}  # as a 5.3-5.6 node sends it
+
+
+def test_signed_reply_verifies_with_any_configured_key() -> None:
+    reply = extend_reply({"revoked": IDS, "clock": 5}, {"v": 1, "nonce": "N1"}, "n@x", ("new", "old"))
+    assert verify(("old", "new"), "N1", "n@x", reply) is None
+    assert verify(("other",), "N1", "n@x", reply) is not None
+
+
+def test_tampering_replay_and_relabelling_are_caught() -> None:
+    reply = extend_reply({"revoked": IDS, "clock": 5}, {"v": 1, "nonce": "N1"}, "n@x", ("k",))
+    assert verify(("k",), "N2", "n@x", reply)  # replayed for another hello
+    assert verify(("k",), "N1", "other@x", reply)  # relabelled as another node
+    assert verify(("k",), "N1", "n@x", {**reply, "revoked": [*IDS, "evil"]})
+    assert verify(("k",), "N1", "n@x", {**reply, "clock": 10**9})
+    assert (
+        verify(("k",), "N1", "n@x", {"revoked": IDS, "clock": 5})
+        == "unsigned reply (mingle_hmac_keys is set)"
+    )
+
+
+def test_request_signature() -> None:
+    ext = {"v": 1, "nonce": "N", "request_signature": sign_request("k", "N", "new@x", IDS)}
+    assert verify_request(("k",), "new@x", IDS, ext) is None
+    assert verify_request(("k",), "new@x", [*IDS, "evil"], ext) == "bad request signature"
+    assert verify_request(("k",), "new@x", IDS, None) == "unsigned request"
+
+
+def test_fast_profile_and_secret_settings() -> None:
+    settings, problems = load_settings({"mingle_profile": "fast", "mingle_digest": False}, environ={})
+    assert problems == []
+    assert (settings.expect_replies, settings.quiet_window, settings.merge, settings.digest) == (
+        True,
+        0.05,
+        "bulk",
+        False,
+    )
+    settings, _ = load_settings(
+        {"mingle_hmac_keys": ["top-secret"]}, environ={"CELERY_MINGLE_HMAC_KEYS": "a,b"}
+    )
+    assert settings.hmac_keys == ("a", "b")
+    assert "top-secret" not in repr(settings)
+    assert settings.as_dict()["mingle_hmac_keys"] == "<2 keys>"

@@ -1,0 +1,89 @@
+"""Property-based: any reply, through the real reply path, is merged whole or not at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mingle_plugins import MingleSummary
+from mingle_plugins.bootstep import Mingle
+
+MAX_CLOCK = 10**6
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
+    max_leaves=40,
+)
+ids = st.one_of(st.uuids().map(str), st.text(min_size=1, max_size=40), st.text(min_size=1020, max_size=1100))
+mixed_ids = st.lists(st.one_of(ids, json_scalars), max_size=30)
+stamps = st.dictionaries(
+    ids, st.one_of(st.floats(), st.lists(json_scalars, max_size=3), json_scalars), max_size=10
+)
+clocks = st.one_of(st.integers(min_value=-5, max_value=2 * MAX_CLOCK), json_scalars)
+replies = st.one_of(
+    json_values,
+    st.integers(min_value=50, max_value=400).map(lambda depth: _nest(depth)),  # deep nesting
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "revoked": st.one_of(mixed_ids, stamps, st.lists(ids, max_size=30), json_values),
+            "clock": clocks,
+            "error": st.text(max_size=10),
+            "mingle": json_values,
+        },
+    ),
+)
+
+
+def _nest(depth: int) -> Any:
+    value: Any = "id"
+    for _ in range(depth):
+        value = {"revoked": [value]}
+    return value
+
+
+@pytest.fixture
+def bounded_step(consumer: Any, monkeypatch: pytest.MonkeyPatch) -> Mingle:
+    monkeypatch.setenv("CELERY_MINGLE_PLUGINS", "")
+    consumer.app.conf.mingle_max_clock = MAX_CLOCK
+    return Mingle(consumer)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(reply=replies)
+def test_any_reply_is_merged_whole_or_not_at_all(bounded_step: Mingle, consumer: Any, reply: Any) -> None:
+    state = consumer.controller.state
+    if len(state.revoked) > 5000:
+        state.revoked.clear()
+    state.revoked.add("kept-id")
+    before_ids = set(state.revoked)
+    before_clock = consumer.app.clock.value
+    bounded_step._summary = MingleSummary(hostname="me", transport="memory")
+
+    bounded_step.on_node_reply(consumer, "node@x", reply)  # must never raise
+
+    after_ids = set(state.revoked)
+    assert before_ids <= after_ids
+    assert all(type(i) is str for i in after_ids)
+    added = after_ids - before_ids
+    after_clock = consumer.app.clock.value
+    assert before_clock <= after_clock <= max(before_clock, MAX_CLOCK) + 1
+    rejected = "node@x" in bounded_step._summary.rejected
+    if rejected:  # nothing of a rejected reply is merged
+        assert not added and after_clock == before_clock
+    else:  # an accepted reply is merged whole
+        revoked = reply.get("revoked") if isinstance(reply, dict) else None
+        assert set(revoked or ()) <= after_ids
