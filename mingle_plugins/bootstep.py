@@ -86,7 +86,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             error("mingle: mingle_transport_compatible failed, using the stock answer: %r", exc)
             claimed = None
         compatible = (self.driver_type in self.compatible_transports) if claimed is None else bool(claimed)
-        if not compatible:
+        if claimed is False:
+            info("mingle: off: a plugin refused the %r transport", self.driver_type)
+        elif not compatible:
             info("mingle: off: no plugin claims the %r transport", self.driver_type)
         return compatible
 
