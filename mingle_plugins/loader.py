@@ -131,10 +131,15 @@ def load_plugins(
         except Exception as exc:
             rec = replace(base, status="failed", reason=f"{type(exc).__name__}: {exc}")
             pm.records.append(rec)
-            logger.error("mingle: %s failed to load and is skipped: %s", rec.describe(), rec.reason)
             logger.debug("mingle: traceback of %s", rec.describe(), exc_info=True)
             if settings.strict:
+                logger.error(
+                    "mingle: %s failed to load; mingle_strict is set, the worker stops: %s",
+                    rec.describe(),
+                    rec.reason,
+                )
                 raise PluginLoadError(f"{rec.describe()} failed to load: {rec.reason}") from exc
+            logger.error("mingle: %s failed to load and is skipped: %s", rec.describe(), rec.reason)
             continue
         rec = replace(base, status="loaded", hooks=hooks)
         pm.records.append(rec)

@@ -98,6 +98,14 @@ class HookRunner:
         """
         builtin_plugin = self.pm.get_plugin(BUILTIN_NAME)
         skip: set[object] = set(self.hung)
+        if fail_closed:
+            hung_here = [
+                impl.plugin for impl in self._caller(name, set()).get_hookimpls() if impl.plugin in skip
+            ]
+            if hung_here:  # a check that hung once cannot vouch for later calls: keep failing closed
+                raise RejectReply(
+                    f"plugin {self.plugin_name(hung_here[0])!r} hung earlier and is no longer called"
+                )
         while True:
             caller = self._caller(name, skip)
             guarded = any(impl.plugin is not builtin_plugin for impl in caller.get_hookimpls())

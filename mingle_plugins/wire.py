@@ -230,7 +230,7 @@ def collect_hello(
             reply_ticket=ticket,
             channel=chan,
             timeout=options.timeout,
-            producer=Producer(chan, auto_declare=False),
+            producer=Producer(chan, auto_declare=False),  # type: ignore[no-untyped-call]
         )
     expected = options.expected_replies
     if destination:

@@ -24,9 +24,14 @@ def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), l
     """
     key_src = "\n".join([*requirements, *(str(p) for p in editable), sys.version])
     for path in editable:
-        for f in sorted(path.rglob("*.py")) + sorted(path.rglob("pyproject.toml")):
-            if ".venvs" not in f.parts and "build" not in f.parts:
-                key_src += f"\n{f}:{f.stat().st_mtime_ns}"
+        # The core's key is its package and pyproject only: edits to tests must not rebuild venvs.
+        sources = (
+            [*path.glob("mingle_plugins/*.py"), path / "pyproject.toml"]
+            if path == ROOT
+            else [f for f in path.rglob("*") if f.suffix in (".py", ".toml") and "build" not in f.parts]
+        )
+        for f in sorted(sources):
+            key_src += f"\n{f}:{f.stat().st_mtime_ns}"
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     env_dir = VENV_DIR / f"{label}-{key}"
     python = env_dir / "bin" / "python"

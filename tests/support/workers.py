@@ -194,7 +194,17 @@ class Cluster:
         self.workers.append(worker)
         if wait:
             worker.wait_ready()
+            self.wait_listening(nodename)
         return worker
+
+    def wait_listening(self, nodename: str, timeout: float = 15.0) -> None:
+        """Wait until the node answers a ping: on Redis its pidbox subscription is asynchronous,
+        and a broadcast (a revoke) sent right after ``ready.`` could be lost."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.client.control.ping(destination=[nodename], timeout=0.5):
+                return
+        raise AssertionError(f"{nodename} does not answer pings after {timeout}s")
 
     def revoked(self, nodename: str, timeout: float = 5.0) -> set[str]:
         reply = self.client.control.inspect(destination=[nodename], timeout=timeout).revoked() or {}
