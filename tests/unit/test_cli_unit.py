@@ -1,0 +1,189 @@
+"""Unit tests of the ``celery mingle`` helpers (no broker, no worker)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from mingle_plugins import cli, get_plugin_manager, hookimpl
+from mingle_plugins.bootstep import Mingle
+from mingle_plugins.consumer import Blueprint, Consumer
+
+
+def test_table_aligns_columns() -> None:
+    out = cli._table(("A", "LONGER"), [("xxxx", "y"), ("z", "")])
+    assert out.splitlines() == ["A     LONGER", "xxxx  y", "z"]
+
+
+def test_resolve_settings_lists_every_problem_even_in_strict_mode() -> None:
+    conf = {"mingle_strict": True, "mingle_hello_timeout": 0, "mingle_max_clock": "big"}
+    settings, problems = cli.resolve_settings(conf)
+    assert settings.strict is True
+    assert settings.hello_timeout == 1.0  # the default, as the worker would use it
+    assert sorted(p.setting for p in problems) == ["mingle_hello_timeout", "mingle_max_clock"]
+
+
+def test_resolve_settings_reports_a_bad_strict_value() -> None:
+    settings, problems = cli.resolve_settings({"mingle_strict": "maybe"})
+    assert settings.strict is False
+    assert [p.setting for p in problems] == ["mingle_strict"]
+
+
+class MyMingle(Mingle):
+    pass
+
+
+class MyBlueprint(Blueprint):
+    mingle_step = MyMingle
+
+
+class MyConsumer(Consumer):
+    Blueprint = MyBlueprint
+
+
+@pytest.mark.parametrize(
+    ("value", "ok", "says"),
+    [
+        ("mingle_plugins.consumer:Consumer", True, "mingle_plugins.bootstep.Mingle"),
+        (MyConsumer, True, "MyMingle"),
+        ("celery.worker.consumer:Consumer", False, "runs Celery's stock Mingle step"),
+        ("no_such_module:Consumer", False, "cannot be imported: ModuleNotFoundError"),
+    ],
+)
+def test_consumer_ok(value: Any, ok: bool, says: str) -> None:
+    got, message = cli._consumer_ok(value)
+    assert got is ok
+    assert says in message
+
+
+class FakeControl:
+    """Stands in for ``app.control``: canned replies to ``broadcast`` and ``ping``."""
+
+    def __init__(self, status: list[dict[str, Any]], ping: list[dict[str, Any]]) -> None:
+        self.status, self.ping_replies = status, ping
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def broadcast(self, command: str, **kwargs: Any) -> list[dict[str, Any]]:
+        self.calls.append((command, kwargs))
+        return self.status
+
+    def ping(self, **kwargs: Any) -> list[dict[str, Any]]:
+        self.calls.append(("ping", kwargs))
+        return self.ping_replies
+
+
+class FakeApp:
+    def __init__(self, control: FakeControl) -> None:
+        self.control = control
+
+
+def test_query_status_sorts_workers_into_ours_and_stock() -> None:
+    ours = {"enabled": True, "transport": "redis", "plugins": [], "last": None}
+    control = FakeControl(
+        status=[{"a@x": ours}, {"b@x": {"error": "KeyError('mingle_status')"}}],
+        ping=[{"a@x": {"ok": "pong"}}, {"b@x": {"ok": "pong"}}, {"c@x": {"ok": "pong"}}],
+    )
+    result = cli.query_status(FakeApp(control), timeout=0.3, destination=["a@x", "b@x", "c@x"])
+    assert result["workers"] == {"a@x": ours}
+    assert result["stock"] == {
+        "b@x": "no mingle_status (KeyError('mingle_status'))",
+        "c@x": "no mingle_status (did not answer it)",
+    }
+    assert control.calls[0] == (
+        "mingle_status",
+        {"reply": True, "timeout": 0.3, "destination": ["a@x", "b@x", "c@x"]},
+    )
+    assert control.calls[1] == ("ping", {"timeout": 0.3, "destination": ["a@x", "b@x", "c@x"]})
+
+
+def test_status_rows_describe_each_state() -> None:
+    last = {
+        "neighbours": ["b@x"],
+        "ids_merged": 3,
+        "rejected": {"c@x": "bad"},
+        "elapsed": 0.0123,
+        "clock_before": 1,
+        "clock_after": 9,
+        "skipped": None,
+    }
+    rows = cli._status_rows(
+        {
+            "on@x": {
+                "enabled": True,
+                "transport": "redis",
+                "last": last,
+                "plugins": [{"name": "fs", "status": "loaded"}, {"name": "bad", "status": "failed"}],
+            },
+            "off@x": {"enabled": False, "transport": "sqs", "last": None, "plugins": []},
+            "new@x": {"enabled": True, "transport": "redis", "last": None, "plugins": []},
+            "skip@x": {
+                "enabled": True,
+                "transport": "redis",
+                "last": {**last, "skipped": "hello failed"},
+                "plugins": [],
+            },
+        }
+    )
+    by_node = {row[0]: row for row in rows}
+    assert by_node["on@x"] == ("on@x", "on", "redis", "1", "3", "1", "0.012s", "1->9", "fs")
+    assert by_node["off@x"][1:3] == ("off", "sqs")
+    assert by_node["new@x"][1] == "pending"
+    assert by_node["skip@x"][1] == "skipped"
+
+
+def test_describe_plugins_of_the_default_app_has_the_builtin_row() -> None:
+    rows, _settings, problems = cli.describe_plugins(Celery("unit", broker="memory://"))
+    builtin = rows[0]
+    assert builtin.name == "builtin" and builtin.status == "builtin"
+    assert builtin.transports == sorted(Mingle.compatible_transports)
+    assert problems == []
+
+
+class Raises:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        if driver_type == "amqp":
+            raise RuntimeError("boom")
+        return True if driver_type == "redis" else None
+
+
+class Hangs:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        self.calls += 1
+        self.release.wait(10)
+        return None
+
+
+def test_claims_reports_a_raising_plugin_per_transport() -> None:
+    pm = get_plugin_manager(load_entrypoints=False)
+    plugin = Raises()
+    pm.register(plugin, name="raises")
+    claimed, refused, errors = cli._claims(pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=2.0)
+    assert (claimed, refused) == (["redis"], [])
+    assert errors == ["amqp: RuntimeError: boom"]
+
+
+def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
+    pm = get_plugin_manager(load_entrypoints=False)
+    plugin = Hangs()
+    pm.register(plugin, name="hangs")
+    started = time.monotonic()
+    try:
+        claimed, refused, errors = cli._claims(
+            pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=0.2
+        )
+    finally:
+        plugin.release.set()
+    assert time.monotonic() - started < 2.0
+    assert (claimed, refused) == ([], [])
+    assert errors == ["redis: TimeoutError: did not return within 0.2s"]
+    assert plugin.calls == 1
