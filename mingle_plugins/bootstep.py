@@ -250,6 +250,12 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         except (InvalidReply, RejectReply) as exc:
             self._reject(nodename, str(exc))
             return
+        except MemoryError:
+            raise
+        except Exception as exc:  # a check that broke on this reply: it is not merged
+            logger.debug("mingle: traceback of the check of %s", nodename, exc_info=True)
+            self._reject(nodename, f"could not be checked: {exc!r:.200}")
+            return
         extra = {k: v for k, v in reply.items() if isinstance(k, str) and k not in _RESERVED_KWARGS}
         self._node = nodename
         try:

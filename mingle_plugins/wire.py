@@ -88,14 +88,15 @@ def _check_id(task_id: Any, limits: ReplyLimits) -> None:
 def _stamp(value: Any) -> float:
     # LimitedSet keeps (stamp, ...) tuples; JSON turns them into lists.
     stamp = value[0] if isinstance(value, (list, tuple)) and value else value
-    if (
-        isinstance(stamp, bool)
-        or not isinstance(stamp, (int, float))
-        or not math.isfinite(stamp)
-        or stamp < 0
-    ):
+    number = math.nan
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        try:
+            number = float(stamp)
+        except OverflowError:  # a JSON integer beyond the range of a float
+            number = math.inf
+    if not math.isfinite(number) or number < 0:
         raise InvalidReply(f"revoked stamp {value!r:.60} is not a finite number >= 0")
-    return float(stamp)
+    return number
 
 
 def validate_reply(reply: Any, limits: ReplyLimits) -> ValidReply:
@@ -109,7 +110,8 @@ def validate_reply(reply: Any, limits: ReplyLimits) -> ValidReply:
         if type(clock) is not int or clock < 0:
             raise InvalidReply(f"clock {clock!r:.60} is not an integer >= 0")
         if clock > limits.max_clock:
-            raise InvalidReply(f"clock {clock:.3e} is above mingle_max_clock ({limits.max_clock})")
+            shown = f"{clock:.3e}" if clock.bit_length() < 1000 else f"a {clock.bit_length()}-bit integer"
+            raise InvalidReply(f"clock {shown} is above mingle_max_clock ({limits.max_clock})")
     revoked = reply.get("revoked")
     if revoked is None or (isinstance(revoked, (list, tuple, dict)) and not revoked):
         return ValidReply(clock, None)
@@ -126,6 +128,10 @@ def validate_reply(reply: Any, limits: ReplyLimits) -> ValidReply:
             stamps[task_id] = _stamp(value)
         return ValidReply(clock, stamps)
     raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
+
+
+#: The longest a single ``drain_events`` call blocks while collecting replies.
+_SLICE = 0.25
 
 
 class _PublishCounter:
@@ -247,19 +253,29 @@ def collect_hello(
     consumer: Any = Consumer(chan, [mailbox.reply_queue], accept=mailbox.accept, no_ack=True)  # type: ignore[no-untyped-call]
     consumer.register_callback(on_message)
     consumer.on_decode_error = on_decode_error
-    deadline = time.monotonic() + options.timeout
+    started = last_reply = time.monotonic()
     try:
         with consumer:
             while expected is None or len(replies.keys() - {own}) < expected:
-                wait = options.timeout
+                # Time runs from the last *reply*: other frames (AMQP heartbeats) must not keep
+                # the collection open, as they do in kombu's collector.
                 if replies and options.quiet_window is not None:
-                    wait = min(options.quiet_window, deadline - time.monotonic())
-                    if wait <= 0:
-                        break
-                try:
-                    connection.drain_events(timeout=wait)
-                except TimeoutError:  # socket.timeout
+                    until = min(last_reply + options.quiet_window, started + options.timeout)
+                else:
+                    until = last_reply + options.timeout
+                wait = until - time.monotonic()
+                if wait <= 0:
                     break
+                before = len(replies)
+                try:
+                    # In slices: py-amqp's drain_events restarts its timeout on every heartbeat
+                    # frame, and nobody sends ours while we block (the server then drops us).
+                    connection.heartbeat_check()
+                    connection.drain_events(timeout=min(wait, _SLICE))
+                except TimeoutError:  # socket.timeout: the loop checks the time
+                    continue
+                if len(replies) > before:
+                    last_reply = time.monotonic()
     finally:
         if options.polling_interval is not None and saved_interval is not None:
             transport.polling_interval = saved_interval

@@ -59,7 +59,9 @@ KINDS: tuple[Kind, ...] = (
 )
 
 #: Settings of the ``ours_fast`` app (the defaults are the ``ours`` app's).
-FAST_CONF: dict[str, Any] = {"mingle_profile": "fast"}
+#: The hello timeout is long, so that a fast mingle (ended by counted replies or the 50 ms quiet
+#: window) is told from one that waited for the idle timeout without a tight timing bound.
+FAST_CONF: dict[str, Any] = {"mingle_profile": "fast", "mingle_hello_timeout": 3.0}
 
 
 def core_source() -> Path:

@@ -49,6 +49,9 @@ def write_app(
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": True,
     }
+    if broker.startswith("amqp"):
+        # An idle solo worker on RabbitMQ sees SIGTERM only when its event loop wakes up (~10 s).
+        config["broker_heartbeat"] = 4
     config.update(conf or {})
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.py").write_text(APP_TEMPLATE.format(name=name, conf=config))
@@ -215,6 +218,12 @@ class Cluster:
         return int(reply[nodename]["clock"])
 
     def close(self) -> None:
+        for worker in self.workers:  # signal them all first: they stop in parallel
+            if worker.proc.poll() is None:
+                try:
+                    os.killpg(worker.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for worker in self.workers:
             worker.stop()
         if self._client is not None:

@@ -65,6 +65,8 @@ def test_valid_stamp_dict_reply_is_merged(step: Mingle, consumer: Any, state: An
         ({"revoked": IDS, "clock": 1.5}, "not an integer"),
         ({"revoked": IDS, "clock": True}, "not an integer"),
         ({"error": "KeyError('x')"}, "error"),
+        ({"revoked": {"a": [10**400, "a"]}, "clock": 1}, "stamp"),
+        ({"revoked": IDS, "clock": 10**400}, "mingle_max_clock"),
     ],
 )
 def test_invalid_reply_is_rejected_whole(
