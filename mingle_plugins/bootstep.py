@@ -193,6 +193,11 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 setattr(checked, name, None if value is None else float(value))
             else:
                 error("mingle: mingle_tune_hello set %s=%r, not a number > 0; ignored", name, value)
+        reply_queue = options.reply_queue
+        if reply_queue is None or (type(reply_queue) is str and 0 < len(reply_queue) <= 255):
+            checked.reply_queue = reply_queue
+        else:
+            error("mingle: mingle_tune_hello set reply_queue=%r, not a queue name; ignored", reply_queue)
         if s.expect_replies:
             try:
                 count = self.runner.call("mingle_expected_replies", consumer=c, driver_type=self.driver_type)

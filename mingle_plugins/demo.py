@@ -30,11 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from kombu.exceptions import ChannelError
-from kombu.transport import filesystem as _filesystem
-from kombu.utils import json as _kombu_json
-
-__all__ = ["EX_MISSING_PLUGIN", "INSTALL_HINT", "AtomicFilesystemTransport", "Demo", "main", "run_demo"]
+__all__ = ["EX_MISSING_PLUGIN", "INSTALL_HINT", "Demo", "main", "run_demo"]
 
 #: Exit status when the filesystem transport plugin is not installed.
 EX_MISSING_PLUGIN = 2
@@ -60,33 +56,6 @@ def add(x, y):
 '''
 
 
-#: kombu's JSON encoder (what its filesystem transport writes message files with).
-_dumps: Callable[[Any], str] = _kombu_json.dumps
-
-
-class AtomicFilesystemTransport(_filesystem.Transport):
-    """kombu's ``filesystem://`` transport, writing each message file atomically.
-
-    kombu writes a message in place (``open``, lock, ``write``) while readers
-    take any file with the right name without locking, so a reader can get an
-    empty message: ``JSONDecodeError`` and "Unrecoverable error" in a worker
-    (kombu#1551). Seen in about 1 of 10 demo runs on a busy machine. Here the
-    message is written to a hidden file and renamed into place.
-    """
-
-    class Channel(_filesystem.Channel):
-        def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
-            folder = os.fspath(self.data_folder_out)
-            final = os.path.join(folder, f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg")
-            hidden = os.path.join(folder, f".put-{uuid.uuid4().hex}")
-            try:
-                with open(hidden, "wb") as f:
-                    f.write(_dumps(payload).encode())
-                os.replace(hidden, final)
-            except OSError as exc:
-                raise ChannelError(f"Cannot add file {final!r} to directory") from exc
-
-
 _MINGLE_LINE = re.compile(r"^\[[^\]]*\] (mingle: .*)$", re.M)
 _SUMMARY = re.compile(
     r"mingle: summary: (\d+) neighbours, (\d+) merged, (\d+) ids merged, (\d+) rejected, "
@@ -99,8 +68,8 @@ def demo_config(folder: Path, polling_interval: float = 0.1) -> dict[str, Any]:
     broker = folder / "broker"
     return {
         "broker_url": "filesystem://",
-        # filesystem:// with atomic message writes (see AtomicFilesystemTransport).
-        "broker_transport": "mingle_plugins.demo:AtomicFilesystemTransport",
+        # filesystem:// with atomic message writes (kombu#1551), shipped by the filesystem plugin.
+        "broker_transport": "mingle_filesystem.transport:AtomicFilesystemTransport",
         "broker_transport_options": {
             "data_folder_in": str(broker),
             "data_folder_out": str(broker),

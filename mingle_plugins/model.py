@@ -33,6 +33,13 @@ class HelloOptions:
             cover (set when ``mingle_hmac_keys`` is).
         signing_key: the key that signs the request (the first of
             ``mingle_hmac_keys``), or ``None``; never shown in ``repr``.
+        reply_queue: when set, neighbours are asked to reply straight into a
+            queue of this name through the default exchange
+            (``reply_to={"exchange": "", "routing_key": reply_queue}``); it is
+            declared before the hello and deleted after the collection. For
+            transports whose direct-exchange bindings live in each process's
+            memory (kombu's ``pgmq``), where replies sent to the stock reply
+            exchange are dropped. ``None``: the stock reply exchange and queue.
     """
 
     timeout: float = 1.0
@@ -44,6 +51,7 @@ class HelloOptions:
     digest: bool = False
     nonce: str | None = None
     signing_key: str | None = field(default=None, repr=False)
+    reply_queue: str | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from celery.worker import state as worker_state
+from kombu.entity import Queue
 from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
@@ -177,6 +178,37 @@ def count_fanout_receivers(connection: Any, chan: Any) -> Iterator[list[int]]:
         del chan.conn_or_acquire
 
 
+def _publish_to_queue(
+    mailbox: Any,
+    chan: Any,
+    arguments: dict[str, Any],
+    destination: list[str] | None,
+    ticket: str,
+    queue: Queue,
+    timeout: float,
+) -> None:
+    """``Mailbox._publish`` of ``hello`` with replies asked into ``queue`` by the default exchange."""
+    queue(chan).declare()  # type: ignore[no-untyped-call]
+    message = {
+        "method": "hello",
+        "arguments": arguments,
+        "destination": destination,
+        "pattern": None,
+        "matcher": None,
+        "ticket": ticket,
+        "reply_to": {"exchange": "", "routing_key": queue.name},
+    }
+    producer: Any = Producer(chan, auto_declare=False)  # type: ignore[no-untyped-call]
+    producer.publish(
+        message,
+        exchange=mailbox.exchange.name,
+        declare=[mailbox.exchange],
+        headers={"clock": mailbox.clock.forward(), "expires": time.time() + timeout},
+        serializer=mailbox.serializer,
+        retry=True,
+    )
+
+
 def collect_hello(
     app: Any,
     connection: Any,
@@ -229,15 +261,22 @@ def collect_hello(
     with count_fanout_receivers(connection, chan) as receivers:
         # kombu's private publish: the same call Celery's broadcast makes, without its collector.
         # Our own producer on ``chan``: the mailbox's pooled one would use another connection.
-        mailbox._publish(
-            "hello",
-            dict(arguments),
-            destination=destination,
-            reply_ticket=ticket,
-            channel=chan,
-            timeout=options.timeout,
-            producer=Producer(chan, auto_declare=False),  # type: ignore[no-untyped-call]
-        )
+        if options.reply_queue is None:
+            reply_queue = mailbox.reply_queue
+            mailbox._publish(
+                "hello",
+                dict(arguments),
+                destination=destination,
+                reply_ticket=ticket,
+                channel=chan,
+                timeout=options.timeout,
+                producer=Producer(chan, auto_declare=False),  # type: ignore[no-untyped-call]
+            )
+        else:
+            reply_queue = Queue(options.reply_queue, durable=False, auto_delete=True)  # type: ignore[no-untyped-call]
+            _publish_to_queue(
+                mailbox, chan, dict(arguments), destination, ticket, reply_queue, options.timeout
+            )
     expected = options.expected_replies
     if destination:
         expected = len(destination)
@@ -250,7 +289,7 @@ def collect_hello(
     saved_interval = getattr(transport, "polling_interval", None)
     if options.polling_interval is not None and saved_interval is not None:
         transport.polling_interval = options.polling_interval
-    consumer: Any = Consumer(chan, [mailbox.reply_queue], accept=mailbox.accept, no_ack=True)  # type: ignore[no-untyped-call]
+    consumer: Any = Consumer(chan, [reply_queue], accept=mailbox.accept, no_ack=True)  # type: ignore[no-untyped-call]
     consumer.register_callback(on_message)
     consumer.on_decode_error = on_decode_error
     started = last_reply = time.monotonic()
@@ -259,7 +298,9 @@ def collect_hello(
             while expected is None or len(replies.keys() - {own}) < expected:
                 # Time runs from the last *reply*: other frames (AMQP heartbeats) must not keep
                 # the collection open, as they do in kombu's collector.
-                if replies and options.quiet_window is not None:
+                # With a known count (on Redis, the subscribers the hello reached) only the
+                # timeout ends the wait: a busy neighbour may answer later than the window.
+                if replies and options.quiet_window is not None and expected is None:
                     until = min(last_reply + options.quiet_window, started + options.timeout)
                 else:
                     until = last_reply + options.timeout
@@ -279,7 +320,7 @@ def collect_hello(
     finally:
         if options.polling_interval is not None and saved_interval is not None:
             transport.polling_interval = saved_interval
-        chan.after_reply_message_received(mailbox.reply_queue.name)
+        chan.after_reply_message_received(reply_queue.name)
     logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
     return replies
 

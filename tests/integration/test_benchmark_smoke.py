@@ -1,0 +1,75 @@
+"""The benchmark script still runs: its quickest mode against real workers on Redis.
+
+No timing is asserted (the machine may be loaded); only that every variant was
+measured, against its neighbour, and that the tables are well formed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import services
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "mingle_bench.py"
+VARIANTS = ("stock", "default", "fast")
+
+
+def table(lines: list[str], header_start: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and data rows of the Markdown table whose header starts so."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    assert set(lines[start + 1].strip("|").split("|")) == {"---"}, lines[start + 1]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header), (header, line)
+        rows.append(cells)
+    return header, rows
+
+
+@pytest.mark.redis
+def test_quick_benchmark_prints_a_well_formed_table(tmp_path: Path) -> None:
+    services.require("redis")
+    out_json = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out_json)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("celery "), proc.stdout
+
+    header, rows = table(lines, "| broker | N | R | variant |")
+    assert header[:4] == ["broker", "N", "R", "variant"]
+    assert [row[3] for row in rows] == list(VARIANTS)
+    for row in rows:
+        cell = dict(zip(header, row, strict=True))
+        assert (cell["broker"], cell["N"], cell["R"]) == ("redis", "1", "0")
+        assert float(cell["wall ms"]) >= 0
+        assert float(cell["rx KiB"]) > 0  # the reply of the neighbour was read
+        assert float(cell["hwm MiB"]) > 10  # a real Python process
+        assert cell["nodes"] == "1", row  # every variant heard the one neighbour
+        if cell["variant"] == "stock":
+            assert cell["step cpu ms"] == "-" and cell["ids merged"] == "-"
+        else:  # answered mingle_status
+            assert float(cell["step cpu ms"]) >= 0 and cell["ids merged"] == "0"
+
+    _, ratio_rows = table(lines, "| broker | N | R | wall stock/default |")
+    assert len(ratio_rows) == 1
+    for cell in ratio_rows[0][3:]:
+        assert cell == "-" or cell == "inf" or float(cell.rstrip("x")) > 0, ratio_rows
+
+    results = json.loads(out_json.read_text())
+    assert sorted(m["variant"] for m in results) == sorted(VARIANTS)
+    for m in results:
+        assert m["lines"][0] == "mingle: searching for neighbors", m
+        assert any(line.startswith("mingle: sync with 1 nodes") for line in m["lines"]), m
