@@ -13,7 +13,7 @@ from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
 from .loader import MinglePluginManager, PluginRecord, get_plugin_manager
 from .markers import ENTRY_POINT_GROUP, hookimpl, hookspec
 from .model import HelloOptions, MingleSummary
-from .settings import MingleSettings, load_settings
+from .settings import MingleSettings, load_settings, plugin_seconds
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -30,6 +30,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_settings",
+    "plugin_seconds",
 ]
 
 __version__ = "0.1.0"

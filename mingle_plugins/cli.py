@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import threading
 from collections import ChainMap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from .consumer import Blueprint as MingleBlueprint
 from .control import STATUS_COMMAND
 from .errors import SettingsError
 from .loader import BUILTIN_NAME, MinglePluginManager, PluginRecord, get_plugin_manager
+from .runner import Overdue, call_with_deadline
 from .settings import ENV_PLUGINS, MingleSettings, load_settings
 
 __all__ = [
@@ -114,26 +114,6 @@ def resolve_settings(conf: Mapping[str, Any]) -> tuple[MingleSettings, list[Sett
     return replace(settings, strict=strict.strict), strict_problems + problems
 
 
-def _call_with_deadline(fn: Any, timeout: float, **kwargs: Any) -> Any:
-    """``fn(**kwargs)`` in a thread; ``TimeoutError`` if it does not return in time."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn(**kwargs)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="mingle-cli-hook", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"did not return within {timeout:.1f}s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
-
-
 def _plugin_answer(
     pm: MinglePluginManager, plugin: object, app: Any, driver_type: str, timeout: float
 ) -> tuple[bool | None, str]:
@@ -141,7 +121,9 @@ def _plugin_answer(
     others = [p for p in pm.get_plugins() if p is not plugin]
     caller = pm.subset_hook_caller("mingle_transport_compatible", remove_plugins=others)
     try:
-        answer = _call_with_deadline(caller, timeout, app=app, driver_type=driver_type)
+        answer = call_with_deadline(caller, timeout, app=app, driver_type=driver_type)
+    except Overdue as exc:
+        return None, f"TimeoutError: {exc}"
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
     return (None if answer is None else bool(answer)), ""

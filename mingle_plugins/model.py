@@ -53,6 +53,23 @@ class HelloOptions:
     signing_key: str | None = field(default=None, repr=False)
     reply_queue: str | None = None
 
+    def allow_late_replies(self, window: float, reply_polling_interval: float | None = None) -> None:
+        """For polling transports, whose neighbours answer up to ``window`` s after the hello.
+
+        Keeps the collection open that long (``timeout`` and ``quiet_window`` at
+        least ``window``, so that the collection ends ``window`` after the hello
+        unless the expected replies came first), and polls the reply queue at
+        ``reply_polling_interval`` at most.
+
+        .. versionadded:: 0.1
+        """
+        self.timeout = max(self.timeout, window)
+        self.quiet_window = max(self.quiet_window or 0.0, window)
+        if reply_polling_interval is not None and (
+            self.polling_interval is None or self.polling_interval > reply_polling_interval
+        ):
+            self.polling_interval = reply_polling_interval
+
 
 @dataclass
 class MingleSummary:

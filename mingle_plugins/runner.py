@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -19,7 +20,7 @@ import pluggy
 from .errors import RejectReply
 from .loader import BUILTIN_NAME, MinglePluginManager
 
-__all__ = ["HookRunner", "PluginHung"]
+__all__ = ["HookRunner", "Overdue", "PluginHung", "call_with_deadline"]
 
 logger = logging.getLogger("mingle_plugins")
 
@@ -42,6 +43,37 @@ def _frames_of_stack(frame: FrameType | None) -> list[FrameType]:
         frames.append(frame)
         frame = frame.f_back
     return frames
+
+
+class Overdue(TimeoutError):
+    """A call did not return in time; ``thread`` is still running it."""
+
+    def __init__(self, thread: threading.Thread, timeout: float) -> None:
+        super().__init__(f"did not return within {timeout:.1f}s")
+        self.thread = thread
+
+
+def call_with_deadline(fn: Callable[..., Any], timeout: float, /, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` in a daemon thread; :class:`Overdue` if it has not returned in ``timeout``.
+
+    The thread is left running: Python cannot stop it.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(**kwargs)
+        except BaseException as exc:  # handed to the calling thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"mingle-{getattr(fn, 'name', 'call')}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise Overdue(thread, timeout)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
 
 
 class HookRunner:
@@ -71,24 +103,11 @@ class HookRunner:
         return caller
 
     def _call_with_deadline(self, caller: pluggy.HookCaller, kwargs: dict[str, Any]) -> Any:
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["result"] = caller(**kwargs)
-            except BaseException as exc:  # handed to the calling thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=target, name=f"mingle-hook-{caller.name}", daemon=True)
-        thread.start()
-        thread.join(self.timeout)
-        if thread.is_alive():
-            frame = sys._current_frames().get(thread.ident or -1)
-            culprit = self._culprit(caller, _frames_of_stack(frame))
-            raise PluginHung(culprit)
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")
+        try:
+            return call_with_deadline(caller, self.timeout, **kwargs)
+        except Overdue as overdue:
+            frame = sys._current_frames().get(overdue.thread.ident or -1)
+            raise PluginHung(self._culprit(caller, _frames_of_stack(frame))) from None
 
     def call(self, name: str, *, fail_closed: bool = False, **kwargs: Any) -> Any:
         """Call hook ``name``; on a plugin fault, log it and call again without it.

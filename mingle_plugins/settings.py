@@ -17,7 +17,14 @@ from typing import Any
 
 from .errors import SettingsError
 
-__all__ = ["ENV_HMAC_KEYS", "ENV_PLUGINS", "FAST_PROFILE", "MingleSettings", "load_settings"]
+__all__ = [
+    "ENV_HMAC_KEYS",
+    "ENV_PLUGINS",
+    "FAST_PROFILE",
+    "MingleSettings",
+    "load_settings",
+    "plugin_seconds",
+]
 
 logger = logging.getLogger("mingle_plugins")
 
@@ -190,3 +197,26 @@ def load_settings(
     if problems and settings.strict:
         raise problems[0]
     return settings, problems
+
+
+def plugin_seconds(plugin: str, name: str, value: Any, default: float, *, zero: bool = False) -> float:
+    """A plugin's setting in seconds: ``value`` if it is a finite number > 0 (or 0 with
+    ``zero``), else ``default`` with one log line naming the plugin and the setting.
+    ``None`` (not set) gives ``default`` silently.
+
+    .. versionadded:: 0.1
+    """
+    if value is None:
+        return default
+    if (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value > 0 or (zero and value == 0))
+    ):
+        return float(value)
+    accepted = "a number of seconds >= 0" if zero else "a number of seconds > 0"
+    logger.error(
+        "mingle: %s: %s=%r is not accepted: expected %s; using %r", plugin, name, value, accepted, default
+    )
+    return default

@@ -20,7 +20,6 @@ plugin only claims the transport and tunes how the replies are collected:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 
-from mingle_plugins import HelloOptions, hookimpl
+from mingle_plugins import HelloOptions, hookimpl, plugin_seconds
 
 __all__ = [
     "DRIVER_TYPE",
@@ -105,12 +104,7 @@ class FilesystemSettings:
 
 
 def _positive(name: str, value: Any, default: float) -> float:
-    if value is None:
-        return default
-    if not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-        return float(value)
-    logger.error("mingle: filesystem: %s=%r is not a number of seconds > 0; using %r", name, value, default)
-    return default
+    return plugin_seconds(PLUGIN_NAME, name, value, default)
 
 
 @hookimpl
@@ -126,12 +120,8 @@ def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions) -> None
         return
     settings = FilesystemSettings.from_app(app)
     window = settings.window
-    # With a quiet window, ``timeout`` bounds the whole collection: every neighbour polls
-    # once within ``window`` of the hello, so no reply comes later than that.
-    options.timeout = max(options.timeout, window)
-    options.quiet_window = max(options.quiet_window or 0.0, window)
-    if options.polling_interval is None or options.polling_interval > settings.reply_polling_interval:
-        options.polling_interval = settings.reply_polling_interval
+    # Every neighbour polls once within ``window`` of the hello: no reply comes later than that.
+    options.allow_late_replies(window, settings.reply_polling_interval)
     logger.debug(
         "mingle: filesystem: neighbours poll every %.3fs; collecting for up to %.3fs, polling every %.3fs",
         settings.neighbour_polling_interval,

@@ -38,7 +38,7 @@ def test_bad_plugin_settings_fall_back_to_defaults(caplog: pytest.LogCaptureFixt
     app = app_with(mingle_plugin_settings={"filesystem": {"margin": -1, "reply_polling_interval": "x"}})
     s = plugin.FilesystemSettings.from_app(app)
     assert (s.margin, s.reply_polling_interval) == (0.5, 0.05)
-    assert "margin=-1 is not a number of seconds > 0" in caplog.text
+    assert "mingle: filesystem: margin=-1 is not accepted: expected a number of seconds > 0" in caplog.text
 
 
 def test_tune_keeps_the_collection_open_one_neighbour_round() -> None:

@@ -22,13 +22,12 @@ than the 47 characters a PGMQ queue name may have). This plugin therefore:
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from mingle_plugins import HelloOptions, hookimpl
+from mingle_plugins import HelloOptions, hookimpl, plugin_seconds
 
 __all__ = [
     "DRIVER_TYPE",
@@ -116,17 +115,7 @@ class PgmqSettings:
 
 
 def _seconds(name: str, value: Any, default: float, zero: bool = False) -> float:
-    if value is None:
-        return default
-    if (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value > 0 or (zero and value == 0))
-    ):
-        return float(value)
-    logger.error("mingle: pgmq: %s=%r is not a number of seconds > 0; using %r", name, value, default)
-    return default
+    return plugin_seconds(PLUGIN_NAME, name, value, default, zero=zero)
 
 
 @hookimpl
@@ -150,10 +139,7 @@ def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions) -> None
         return
     settings = PgmqSettings.from_app(app)
     window = settings.window
-    options.timeout = max(options.timeout, window)
-    options.quiet_window = max(options.quiet_window or 0.0, window)
-    if options.polling_interval is None or options.polling_interval > settings.reply_polling_interval:
-        options.polling_interval = settings.reply_polling_interval
+    options.allow_late_replies(window, settings.reply_polling_interval)
     if core_supports_reply_queue():
         # 23 characters: PGMQ queue names are at most 47.
         options.reply_queue = f"mingle_{uuid.uuid4().hex[:16]}"  # type: ignore[attr-defined,unused-ignore]
