@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from .errors import RejectReply
 from .loader import get_plugin_manager
 from .model import HelloOptions, MingleSummary
 from .runner import HookRunner, PluginHung
-from .settings import load_settings
+from .settings import load_settings, parse_seconds
 from .wire import InvalidReply, ReplyLimits, revoked_for_hello, sends_ids_only, validate_reply
 
 __all__ = ["Mingle"]
@@ -184,14 +183,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         )
         for name in ("timeout", "quiet_window", "polling_interval"):
             value = getattr(options, name)
-            if value is None or (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and value > 0
-            ):
-                setattr(checked, name, None if value is None else float(value))
-            else:
+            try:
+                setattr(checked, name, None if value is None else parse_seconds(value))
+            except (TypeError, ValueError):
                 error("mingle: mingle_tune_hello set %s=%r, not a number > 0; ignored", name, value)
         reply_queue = options.reply_queue
         if reply_queue is None or (type(reply_queue) is str and 0 < len(reply_queue) <= 255):

@@ -23,6 +23,7 @@ __all__ = [
     "FAST_PROFILE",
     "MingleSettings",
     "load_settings",
+    "parse_seconds",
     "plugin_seconds",
 ]
 
@@ -105,17 +106,21 @@ def _bool(value: Any) -> bool:
     raise TypeError
 
 
-def _seconds(value: Any) -> float:
+def parse_seconds(value: Any, *, zero: bool = False) -> float:
+    """A duration: a finite number > 0 (or 0 with ``zero``); raise ``ValueError`` or ``TypeError``.
+
+    .. versionadded:: 0.1
+    """
     if isinstance(value, bool):
-        raise TypeError
+        raise TypeError(value)
     number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        raise ValueError(value)
     return number
 
 
 def _optional_seconds(value: Any) -> float | None:
-    return None if value is None else _seconds(value)
+    return None if value is None else parse_seconds(value)
 
 
 def _positive_int(value: Any) -> int:
@@ -147,12 +152,12 @@ _PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "disabled_plugins": (_names, "a list of plugin names"),
     "strict": (_bool, "True or False"),
     "profile": (_choice("stock", "fast"), "'stock' or 'fast'"),
-    "hello_timeout": (_seconds, "a number of seconds > 0"),
+    "hello_timeout": (parse_seconds, "a number of seconds > 0"),
     "quiet_window": (_optional_seconds, "None or a number of seconds > 0"),
     "expect_replies": (_bool, "True or False"),
     "merge": (_choice("stock", "bulk"), "'stock' or 'bulk'"),
     "digest": (_bool, "True or False"),
-    "plugin_timeout": (_seconds, "a number of seconds > 0"),
+    "plugin_timeout": (parse_seconds, "a number of seconds > 0"),
     "max_clock": (_positive_int, "an integer > 0"),
     "max_id_length": (_positive_int, "an integer > 0"),
     "trusted_nodes": (_optional_names, "None or a list of node name patterns (fnmatch)"),
@@ -208,13 +213,10 @@ def plugin_seconds(plugin: str, name: str, value: Any, default: float, *, zero: 
     """
     if value is None:
         return default
-    if (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value > 0 or (zero and value == 0))
-    ):
-        return float(value)
+    try:
+        return parse_seconds(value, zero=zero)
+    except (TypeError, ValueError):
+        pass
     accepted = "a number of seconds >= 0" if zero else "a number of seconds > 0"
     logger.error(
         "mingle: %s: %s=%r is not accepted: expected %s; using %r", plugin, name, value, accepted, default
