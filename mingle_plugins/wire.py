@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from celery.worker import state as worker_state
@@ -209,6 +209,157 @@ def _publish_to_queue(
     )
 
 
+class HelloCollector:
+    """One reply queue and one consumer for every hello of a mingle.
+
+    The broadcast and the follow-up requests of the digest round share them:
+    cancelling a consumer and deleting its reply queue between the two leaves
+    kombu's Redis transport with a ``BRPOP`` in flight that delays the next
+    reply by its 1 s timeout. A reply that comes in late for an earlier
+    request of the same mingle is still added to that request's replies.
+    """
+
+    def __init__(self, app: Any, connection: Any, options: HelloOptions) -> None:
+        self.app = app
+        self.connection = connection
+        self.options = options
+        self.mailbox = app.control.mailbox(connection)
+        self.chan = connection.default_channel
+        if options.reply_queue is None:
+            self.reply_queue = self.mailbox.reply_queue
+        else:
+            self.reply_queue = Queue(options.reply_queue, durable=False, auto_delete=True)  # type: ignore[no-untyped-call]
+        #: ticket -> the replies of that request, by node name
+        self._requests: dict[str, dict[str, Any]] = {}
+        self._malformed = 0
+        self._consumer: Any = None
+        self._saved_interval: Any = None
+
+    def __enter__(self) -> HelloCollector:
+        transport = self.connection.transport
+        self._saved_interval = getattr(transport, "polling_interval", None)
+        if self.options.polling_interval is not None and self._saved_interval is not None:
+            transport.polling_interval = self.options.polling_interval
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._consumer is not None:
+                self._consumer.cancel()
+                self.chan.after_reply_message_received(self.reply_queue.name)
+        finally:
+            if self.options.polling_interval is not None and self._saved_interval is not None:
+                self.connection.transport.polling_interval = self._saved_interval
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        header = message.headers.get
+        clock = header("clock")
+        # kombu moves the clock on every reply header; do it only within bounds.
+        if type(clock) is int and 0 <= clock <= self.options.max_clock:
+            self.mailbox.clock.adjust(clock)
+        expires = header("expires")
+        if expires and time.time() > expires:
+            return
+        replies = self._requests.get(header("ticket"))
+        if replies is None:
+            return
+        if isinstance(body, Mapping) and body:
+            for node, reply in body.items():
+                replies.setdefault(str(node), reply)  # a duplicate node name keeps its first reply
+        else:
+            self._malformed += 1
+            replies[f"<malformed reply {self._malformed}>"] = body
+
+    def _on_decode_error(self, message: Any, exc: Exception) -> None:
+        replies = self._requests.get(message.headers.get("ticket"))
+        if replies is not None:
+            self._malformed += 1
+            replies[f"<malformed reply {self._malformed}>"] = f"undecodable: {exc!r:.200}"
+
+    def _publish(self, arguments: dict[str, Any], destination: list[str] | None, ticket: str) -> None:
+        if self.options.reply_queue is None:
+            # kombu's private publish: the call Celery's broadcast makes, without its collector;
+            # our own producer on ``chan``: the mailbox's pooled one would use another connection.
+            self.mailbox._publish(
+                "hello",
+                arguments,
+                destination=destination,
+                reply_ticket=ticket,
+                channel=self.chan,
+                timeout=self.options.timeout,
+                producer=Producer(self.chan, auto_declare=False),  # type: ignore[no-untyped-call]
+            )
+        else:
+            _publish_to_queue(
+                self.mailbox,
+                self.chan,
+                arguments,
+                destination,
+                ticket,
+                self.reply_queue,
+                self.options.timeout,
+            )
+
+    def ask(self, arguments: Mapping[str, Any], destination: list[str] | None = None) -> dict[str, Any]:
+        """Send ``hello`` (to ``destination``, or to all) and collect its replies by node name.
+
+        Stock Celery (kombu ``Mailbox._broadcast``) waits ``timeout`` after every
+        reply. Here the collection ends as soon as the expected number of nodes
+        replied (``destination``, ``options.expected_replies``, or on Redis the
+        number of subscribers the hello reached when ``options.count_receivers``);
+        without a count, ``options.quiet_window`` waits that long after each
+        reply, with ``timeout`` as the bound of the whole collection. A body
+        that is not a mapping is kept under ``"<malformed reply N>"`` so that it
+        is rejected and counted like any invalid reply.
+        """
+        options = self.options
+        ticket = uuid()
+        replies: dict[str, Any] = {}
+        self._requests[ticket] = replies
+        own = arguments.get("from_node")
+        with count_fanout_receivers(self.connection, self.chan) as receivers:
+            self._publish(dict(arguments), destination, ticket)
+        expected = options.expected_replies
+        if destination:
+            expected = len(destination)
+        elif expected is None and options.count_receivers and receivers:
+            expected = sum(receivers)
+            logger.debug("mingle: the hello reached %d subscribers", expected)
+        if expected == 0:
+            return replies
+        if self._consumer is None:
+            self._consumer = Consumer(  # type: ignore[no-untyped-call]
+                self.chan, [self.reply_queue], accept=self.mailbox.accept, no_ack=True
+            )
+            self._consumer.register_callback(self._on_message)
+            self._consumer.on_decode_error = self._on_decode_error
+            self._consumer.consume()
+        started = last_reply = time.monotonic()
+        while expected is None or len(replies.keys() - {own}) < expected:
+            # Time runs from the last *reply*: other frames (AMQP heartbeats) must not keep
+            # the collection open, as they do in kombu's collector. With a known count only
+            # the timeout ends the wait: a busy neighbour may answer later than the window.
+            if replies and options.quiet_window is not None and expected is None:
+                until = min(last_reply + options.quiet_window, started + options.timeout)
+            else:
+                until = last_reply + options.timeout
+            wait = until - time.monotonic()
+            if wait <= 0:
+                break
+            before = len(replies)
+            try:
+                # In slices: py-amqp's drain_events restarts its timeout on every heartbeat
+                # frame, and nobody sends ours while we block (the server then drops us).
+                self.connection.heartbeat_check()
+                self.connection.drain_events(timeout=min(wait, _SLICE))
+            except TimeoutError:  # socket.timeout: the loop checks the time
+                continue
+            if len(replies) > before:
+                last_reply = time.monotonic()
+        logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
+        return replies
+
+
 def collect_hello(
     app: Any,
     connection: Any,
@@ -216,113 +367,9 @@ def collect_hello(
     options: HelloOptions,
     destination: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Broadcast ``hello`` on the pidbox and collect the replies by node name.
-
-    Stock Celery (kombu ``Mailbox._broadcast``) waits ``timeout`` after every
-    reply. Here the collection ends as soon as the expected number of nodes
-    replied (``destination``, ``options.expected_replies``, or on Redis the
-    number of subscribers the hello reached when ``options.count_receivers``),
-    and ``options.quiet_window`` waits that long after each reply, with
-    ``timeout`` as the bound of the whole collection. A body that is not a
-    mapping is kept under ``"<malformed reply N>"`` so that it is rejected and
-    counted like any invalid reply.
-    """
-    mailbox = app.control.mailbox(connection)
-    chan = connection.default_channel
-    ticket = uuid()
-    own = arguments.get("from_node")
-    replies: dict[str, Any] = {}
-    malformed = 0
-
-    def on_message(body: Any, message: Any) -> None:
-        nonlocal malformed
-        header = message.headers.get
-        clock = header("clock")
-        # kombu moves the clock on every reply header; do it only within bounds.
-        if type(clock) is int and 0 <= clock <= options.max_clock:
-            mailbox.clock.adjust(clock)
-        expires = header("expires")
-        if expires and time.time() > expires:
-            return
-        if header("ticket", ticket) != ticket:
-            return
-        if isinstance(body, Mapping) and body:
-            for node, reply in body.items():
-                replies.setdefault(str(node), reply)  # a duplicate node name keeps its first reply
-        else:
-            malformed += 1
-            replies[f"<malformed reply {malformed}>"] = body
-
-    def on_decode_error(message: Any, exc: Exception) -> None:
-        nonlocal malformed
-        malformed += 1
-        replies[f"<malformed reply {malformed}>"] = f"undecodable: {exc!r:.200}"
-
-    with count_fanout_receivers(connection, chan) as receivers:
-        # kombu's private publish: the same call Celery's broadcast makes, without its collector.
-        # Our own producer on ``chan``: the mailbox's pooled one would use another connection.
-        if options.reply_queue is None:
-            reply_queue = mailbox.reply_queue
-            mailbox._publish(
-                "hello",
-                dict(arguments),
-                destination=destination,
-                reply_ticket=ticket,
-                channel=chan,
-                timeout=options.timeout,
-                producer=Producer(chan, auto_declare=False),  # type: ignore[no-untyped-call]
-            )
-        else:
-            reply_queue = Queue(options.reply_queue, durable=False, auto_delete=True)  # type: ignore[no-untyped-call]
-            _publish_to_queue(
-                mailbox, chan, dict(arguments), destination, ticket, reply_queue, options.timeout
-            )
-    expected = options.expected_replies
-    if destination:
-        expected = len(destination)
-    elif expected is None and options.count_receivers and receivers:
-        expected = sum(receivers)
-        logger.debug("mingle: the hello reached %d subscribers", expected)
-    if expected == 0:
-        return replies
-    transport = connection.transport
-    saved_interval = getattr(transport, "polling_interval", None)
-    if options.polling_interval is not None and saved_interval is not None:
-        transport.polling_interval = options.polling_interval
-    consumer: Any = Consumer(chan, [reply_queue], accept=mailbox.accept, no_ack=True)  # type: ignore[no-untyped-call]
-    consumer.register_callback(on_message)
-    consumer.on_decode_error = on_decode_error
-    started = last_reply = time.monotonic()
-    try:
-        with consumer:
-            while expected is None or len(replies.keys() - {own}) < expected:
-                # Time runs from the last *reply*: other frames (AMQP heartbeats) must not keep
-                # the collection open, as they do in kombu's collector.
-                # With a known count (on Redis, the subscribers the hello reached) only the
-                # timeout ends the wait: a busy neighbour may answer later than the window.
-                if replies and options.quiet_window is not None and expected is None:
-                    until = min(last_reply + options.quiet_window, started + options.timeout)
-                else:
-                    until = last_reply + options.timeout
-                wait = until - time.monotonic()
-                if wait <= 0:
-                    break
-                before = len(replies)
-                try:
-                    # In slices: py-amqp's drain_events restarts its timeout on every heartbeat
-                    # frame, and nobody sends ours while we block (the server then drops us).
-                    connection.heartbeat_check()
-                    connection.drain_events(timeout=min(wait, _SLICE))
-                except TimeoutError:  # socket.timeout: the loop checks the time
-                    continue
-                if len(replies) > before:
-                    last_reply = time.monotonic()
-    finally:
-        if options.polling_interval is not None and saved_interval is not None:
-            transport.polling_interval = saved_interval
-        chan.after_reply_message_received(reply_queue.name)
-    logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
-    return replies
+    """One hello and its replies (see :meth:`HelloCollector.ask`)."""
+    with HelloCollector(app, connection, options) as collector:
+        return collector.ask(arguments, destination)
 
 
 def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[str, Any]:
@@ -342,20 +389,27 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
         ext["want"] = "digest"
     if len(ext) > 1:
         arguments["mingle"] = ext
-    replies = collect_hello(app, connection, arguments, options)
-    if not options.digest:
-        return replies
+    with HelloCollector(app, connection, options) as collector:
+        replies = collector.ask(arguments)
+        if options.digest:
+            _fetch_full_lists(consumer.hostname, collector, replies, revoked, ext)
+    return replies
+
+
+def _fetch_full_lists(
+    hostname: str, collector: HelloCollector, replies: dict[str, Any], revoked: Any, ext: dict[str, Any]
+) -> None:
+    """The digest round: one full list per digest this node does not have, into ``replies``."""
     own = protocol.digest(protocol.reply_ids(revoked))
     groups: dict[str, list[str]] = {}
     for node, reply in replies.items():
         theirs = reply.get("mingle") if isinstance(reply, Mapping) else None
         if isinstance(theirs, Mapping) and theirs.get("digest") not in (None, own) and theirs.get("count"):
             groups.setdefault(str(theirs["digest"]), []).append(node)
-    full_options = replace(options, expected_replies=None)
     for digest, nodes in groups.items():
         for node in nodes:  # the first node of a digest that answers in full
-            ask = {"from_node": consumer.hostname, "revoked": None, "mingle": {**ext, "want": "full"}}
-            full = collect_hello(app, connection, ask, full_options, destination=[node])
+            ask = {"from_node": hostname, "revoked": None, "mingle": {**ext, "want": "full"}}
+            full = collector.ask(ask, destination=[node])
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]
                 logger.debug(
@@ -364,4 +418,3 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
                 break
         else:
             logger.warning("mingle: no node of digest %.12s sent its full list", digest)
-    return replies
