@@ -11,8 +11,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
+from celery.worker import state as worker_state
 
 from . import protocol
+from .wire import InvalidReply, ReplyLimits, validate_reply
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -73,8 +75,9 @@ def install_handlers(parent: Any, step: Mingle) -> bool:
 def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the stock ``hello`` handler: a stock request gets the stock reply.
 
-    With trust settings, ids carried by a request from an untrusted or (with
-    ``mingle_hmac_keys``) unsigned sender are not merged here.
+    The ids a request carries are merged (by the stock handler) only when they
+    pass the checks a reply's ids pass, and, with trust settings, only when the
+    sender is trusted and (with ``mingle_hmac_keys``) its request is signed.
     """
 
     def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
@@ -87,6 +90,16 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
                 refused = "not in mingle_trusted_nodes"
             elif settings.hmac_keys and not settings.accept_unsigned:
                 refused = protocol.verify_request(settings.hmac_keys, from_node, revoked, mingle) or ""
+            if not refused:  # the same checks as a reply's: all of it or nothing
+                limits = ReplyLimits(
+                    max_ids=worker_state.revoked.maxlen or 2**31,
+                    max_id_length=settings.max_id_length,
+                    max_clock=settings.max_clock,
+                )
+                try:
+                    revoked = validate_reply({"revoked": revoked}, limits).revoked
+                except InvalidReply as exc:
+                    refused = str(exc)
             if refused:
                 logger.warning("mingle: not merging the ids sent by %s: %s", from_node, refused)
                 revoked = None

@@ -89,3 +89,23 @@ def test_merged_set_is_the_same_for_both_merges(make_cluster, redis_url: str, me
     cluster.client.control.revoke(sorted(shared))
     cluster.start(f"new@{merge}").wait_for("mingle: summary: 3 neighbours, 3 merged, 20 ids merged")
     assert cluster.revoked(f"new@{merge}") == expected | shared
+
+
+def test_hostile_hello_request_is_not_merged(make_cluster, redis_url: str) -> None:
+    cluster = make_cluster(redis_url)
+    worker = cluster.start("target@req")
+    mine = revoke_on(cluster, "target@req", 2)
+    replies = cluster.client.control.broadcast(
+        "hello",
+        arguments={"from_node": "evil@req", "revoked": [None, 3, "injected-id"]},
+        reply=True,
+        timeout=2,
+        destination=["target@req"],
+    )
+    assert replies and "target@req" in replies[0]  # it still answers, with its own ids
+    assert cluster.revoked("target@req") == mine
+    worker.wait_for(r"mingle: not merging the ids sent by evil@req: revoked id None is a NoneType")
+    cluster.client.control.broadcast(
+        "hello", arguments={"from_node": "friend@req", "revoked": ["fine-id"]}, reply=True, timeout=2
+    )
+    assert cluster.revoked("target@req") == mine | {"fine-id"}
