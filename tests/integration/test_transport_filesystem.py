@@ -8,9 +8,7 @@ Timings are printed (``-s``); the README of the plugin quotes them.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 import uuid
 from pathlib import Path
@@ -24,18 +22,6 @@ PLUGIN = ROOT / "transports" / "filesystem"
 CELERY = "celery==5.7.0"
 
 pytestmark = pytest.mark.slow
-
-
-def stop_together(cluster: Any) -> None:
-    """SIGTERM every worker at once (a filesystem/pgmq worker takes seconds to stop)."""
-    for worker in cluster.workers:
-        if worker.proc.poll() is None:
-            try:
-                os.killpg(worker.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for worker in cluster.workers:
-        worker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +117,7 @@ def test_newcomer_learns_revoked_ids_and_clock(
     print(f"\nfilesystem polling_interval={interval} expect_replies={expect}: mingle took {seconds:.3f}s")
     # Collection stays open one neighbour polling interval + 0.5 s margin at most.
     assert seconds < interval + 0.5 + 0.5
-    stop_together(cluster)
+    cluster.close()  # every worker at once: they take seconds to stop
 
 
 def test_dead_neighbour_is_not_expected(make_cluster: Any, plugin_python: Path, tmp_path: Path) -> None:
@@ -157,7 +143,7 @@ def test_dead_neighbour_is_not_expected(make_cluster: Any, plugin_python: Path, 
     assert f"gone@mingletest.{conf_exchange(cluster)}.pidbox" in table
     assert "mingle: filesystem: 1 neighbours bound" in log
     assert re.search(r"mingle: summary: 1 neighbours, 1 merged", log)
-    stop_together(cluster)
+    cluster.close()  # every worker at once: they take seconds to stop
 
 
 def test_worker_without_the_plugin_starts_and_says_why(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -84,18 +83,6 @@ def run(python: Path, *args: str, cwd: Path | None = None, timeout: float = 60) 
     )
     assert result.returncode == 0, f"{args[:2]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     return result.stdout
-
-
-def stop_together(cluster: Any) -> None:
-    """SIGTERM every worker at once (a filesystem/pgmq worker takes seconds to stop)."""
-    for worker in cluster.workers:
-        if worker.proc.poll() is None:
-            try:
-                os.killpg(worker.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for worker in cluster.workers:
-        worker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +182,7 @@ def test_newcomer_learns_revoked_ids_and_clock(
     latency = 1.0 + 2.0 if kombu_defaults else 0.5
     print(f"\npgmq neighbour latency {latency}s, expect_replies={expect}: mingle took {seconds:.3f}s")
     assert seconds < latency + 0.5 + 0.5
-    stop_together(cluster)
+    cluster.close()  # every worker at once: they take seconds to stop
 
 
 def test_worker_without_the_plugin_starts_and_says_why(

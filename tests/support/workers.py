@@ -228,3 +228,4 @@ class Cluster:
             worker.stop()
         if self._client is not None:
             self._client.close()
+            self._client = None
