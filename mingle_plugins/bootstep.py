@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import secrets
 import time
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from .loader import get_plugin_manager
 from .model import HelloOptions, MingleSummary
 from .runner import HookRunner, PluginHung
 from .settings import load_settings, parse_seconds
-from .wire import InvalidReply, ReplyLimits, revoked_for_hello, sends_ids_only, validate_reply
+from .wire import InvalidReply, reply_limits, revoked_for_hello, sends_ids_only, validate_reply
 
 __all__ = ["Mingle"]
 
@@ -240,12 +239,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             reply = dict(reply)
             self.check_trust(nodename, reply)
             self.runner.call("mingle_on_reply", fail_closed=True, consumer=c, nodename=nodename, reply=reply)
-            limits = ReplyLimits(
-                max_ids=c.controller.state.revoked.maxlen or 2**31,
-                max_id_length=self.settings.max_id_length,
-                max_clock=self.settings.max_clock,
-            )
-            valid = validate_reply(reply, limits)
+            valid = validate_reply(reply, reply_limits(self.settings, c.controller.state.revoked))
         except (InvalidReply, RejectReply) as exc:
             self._reject(nodename, str(exc))
             return
@@ -273,7 +267,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     def check_trust(self, nodename: str, reply: Mapping[str, Any]) -> None:
         """Apply ``mingle_trusted_nodes`` and ``mingle_hmac_keys``; raise RejectReply."""
         s = self.settings
-        if s.trusted_nodes is not None and not any(fnmatch.fnmatchcase(nodename, p) for p in s.trusted_nodes):
+        if not s.trusts(nodename):
             raise RejectReply("node name not in mingle_trusted_nodes")
         if s.hmac_keys:
             problem = protocol.verify(s.hmac_keys, self._nonce or "", nodename, reply)

@@ -6,7 +6,6 @@ table, per consumer), never in Celery's global ``Panel`` registry.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ from celery.utils.log import get_logger
 from celery.worker import state as worker_state
 
 from . import protocol
-from .wire import InvalidReply, ReplyLimits, validate_reply
+from .wire import InvalidReply, reply_limits, validate_reply
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -84,19 +83,13 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
         settings = step.settings
         if revoked and from_node != state.hostname:
             refused = ""
-            if settings.trusted_nodes is not None and not any(
-                fnmatch.fnmatchcase(str(from_node), p) for p in settings.trusted_nodes
-            ):
+            if not settings.trusts(str(from_node)):
                 refused = "not in mingle_trusted_nodes"
             elif settings.hmac_keys and not settings.accept_unsigned:
                 refused = protocol.verify_request(settings.hmac_keys, from_node, revoked, mingle) or ""
             if not refused:  # the same checks as a reply's: all of it or nothing
-                limits = ReplyLimits(
-                    max_ids=worker_state.revoked.maxlen or 2**31,
-                    max_id_length=settings.max_id_length,
-                    max_clock=settings.max_clock,
-                )
                 try:
+                    limits = reply_limits(settings, worker_state.revoked)
                     revoked = validate_reply({"revoked": revoked}, limits).revoked
                 except InvalidReply as exc:
                     refused = str(exc)

@@ -8,6 +8,7 @@ is raised instead, which stops the worker.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import os
@@ -66,6 +67,11 @@ class MingleSettings:
     hmac_keys: tuple[str, ...] = field(default=(), repr=False)
     accept_unsigned: bool = False
     plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def trusts(self, nodename: str) -> bool:
+        """Whether ``mingle_trusted_nodes`` lets this node name in (any name when unset)."""
+        patterns = self.trusted_nodes
+        return patterns is None or any(fnmatch.fnmatchcase(nodename, p) for p in patterns)
 
     def for_plugin(self, name: str) -> Mapping[str, Any]:
         """Return the ``mingle_plugin_settings`` entry of one plugin (``{}`` if none)."""

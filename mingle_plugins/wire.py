@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.worker import state as worker_state
 from kombu.entity import Queue
@@ -24,15 +24,19 @@ from kombu.utils.uuid import uuid
 from . import protocol
 from .model import HelloOptions
 
+if TYPE_CHECKING:
+    from .settings import MingleSettings
+
 logger = logging.getLogger("mingle_plugins")
 
 __all__ = [
     "InvalidReply",
     "ReplyLimits",
     "ValidReply",
-    "collect_hello",
+    "HelloCollector",
     "count_fanout_receivers",
     "hello_exchange",
+    "reply_limits",
     "revoked_for_hello",
     "sends_ids_only",
     "validate_reply",
@@ -77,6 +81,15 @@ class ValidReply:
     @property
     def ids(self) -> list[str]:
         return list(self.revoked or ())
+
+
+def reply_limits(settings: MingleSettings, revoked_set: Any) -> ReplyLimits:
+    """The bounds of this worker: its revoked set's ``maxlen`` and the ``mingle_max_*`` settings."""
+    return ReplyLimits(
+        max_ids=revoked_set.maxlen or 2**31,
+        max_id_length=settings.max_id_length,
+        max_clock=settings.max_clock,
+    )
 
 
 def _check_id(task_id: Any, limits: ReplyLimits) -> None:
@@ -358,18 +371,6 @@ class HelloCollector:
                 last_reply = time.monotonic()
         logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
         return replies
-
-
-def collect_hello(
-    app: Any,
-    connection: Any,
-    arguments: Mapping[str, Any],
-    options: HelloOptions,
-    destination: list[str] | None = None,
-) -> dict[str, Any]:
-    """One hello and its replies (see :meth:`HelloCollector.ask`)."""
-    with HelloCollector(app, connection, options) as collector:
-        return collector.ask(arguments, destination)
 
 
 def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[str, Any]:
