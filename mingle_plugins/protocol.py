@@ -64,22 +64,22 @@ def _message(nonce: str, node: str, clock: Any, carried: str, ext: Mapping[str, 
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
-def sign(key: str, nonce: str, node: str, reply: Mapping[str, Any], ext: Mapping[str, Any]) -> str:
-    """The signature of ``reply`` (with extension fields ``ext``) for one request."""
-    carried = digest(reply_ids(reply.get("revoked")))
-    return hmac.new(
-        key.encode(), _message(nonce, node, reply.get("clock"), carried, ext), "sha256"
-    ).hexdigest()
+def sign(key: str, nonce: str, node: str, clock: Any, ids: Iterable[str], ext: Mapping[str, Any]) -> str:
+    """The signature of a reply (its clock, the ids it carries, extension fields ``ext``)."""
+    message = _message(nonce, node, clock, digest(ids), ext)
+    return hmac.new(key.encode(), message, "sha256").hexdigest()
 
 
-def verify(keys: Sequence[str], nonce: str, node: str, reply: Mapping[str, Any]) -> str | None:
+def verify(
+    keys: Sequence[str], nonce: str, node: str, clock: Any, ids: Iterable[str], ext: Mapping[str, Any]
+) -> str | None:
     """Check a reply's signature; return ``None`` if valid, else the reason."""
-    ext = reply.get("mingle")
-    if not isinstance(ext, Mapping) or not isinstance(ext.get("signature"), str):
+    signature = ext.get("signature")
+    if not isinstance(signature, str):
         return "unsigned reply (mingle_hmac_keys is set)"
-    signature = ext["signature"]
+    ids = list(ids)
     for key in keys:
-        if hmac.compare_digest(sign(key, nonce, node, reply, ext), signature):
+        if hmac.compare_digest(sign(key, nonce, node, clock, ids, ext), signature):
             return None
     return "bad signature: no configured key matches (or the reply was altered or replayed)"
 
@@ -119,6 +119,6 @@ def extend_reply(
         out["revoked"] = type(reply.get("revoked") or [])()  # [] or {}, as this Celery sends
     nonce = request.get("nonce")
     if keys and isinstance(nonce, str):
-        ext["signature"] = sign(keys[0], nonce, node, out, ext)
+        ext["signature"] = sign(keys[0], nonce, node, out.get("clock"), reply_ids(out.get("revoked")), ext)
     out["mingle"] = ext
     return out

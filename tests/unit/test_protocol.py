@@ -1,9 +1,25 @@
 from __future__ import annotations
 
+from typing import Any
+
 from mingle_plugins import load_settings
-from mingle_plugins.protocol import EMPTY_DIGEST, digest, extend_reply, sign_request, verify, verify_request
+from mingle_plugins.protocol import (
+    EMPTY_DIGEST,
+    digest,
+    extend_reply,
+    reply_ids,
+    sign_request,
+    verify_request,
+)
+from mingle_plugins.protocol import verify as verify_fields
 
 IDS = ["b", "a", "c"]
+
+
+def verify(keys: Any, nonce: str, node: str, reply: Any) -> str | None:
+    ext = reply.get("mingle")
+    ext = ext if isinstance(ext, dict) else {}
+    return verify_fields(keys, nonce, node, reply.get("clock"), reply_ids(reply.get("revoked")), ext)
 
 
 def test_digest_is_order_and_format_independent() -> None:
