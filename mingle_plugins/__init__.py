@@ -13,13 +13,10 @@ from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
 from .loader import MinglePluginManager, PluginRecord, get_plugin_manager
 from .markers import ENTRY_POINT_GROUP, hookimpl, hookspec
 from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, WorkerConsumer
-from .settings import (
-    MingleSettings,
+from .parsers import (
     Parser,
-    SettingsRegistry,
     boolean,
     choice,
-    load_settings,
     names,
     optional_seconds,
     positive_int,
@@ -28,6 +25,7 @@ from .settings import (
     text,
     transport_option_seconds,
 )
+from .settings import MingleSettings, SettingsRegistry, load_settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",

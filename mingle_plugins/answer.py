@@ -32,8 +32,7 @@ def take_request_ids(step: Mingle, consumer: Any, from_node: Any, revoked: Any, 
     rnd = step.new_round(consumer)
     body = {"revoked": revoked, "mingle": ext if isinstance(ext, Mapping) else None}
     reply = rnd.receive(from_node, body, source="request")
-    if reply is None:
-        logger.warning("mingle: not merging the ids sent by %s", shown(from_node))
+    if reply is None:  # logged by receive: "rejected the hello request of NODE (ids not merged)"
         return
     outcome = rnd.merge(reply)
     rnd.accept(reply)

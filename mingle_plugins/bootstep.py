@@ -19,9 +19,9 @@ from .checks import InvalidReply, check_body, reply_limits
 from .config import configure
 from .control import install_handlers
 from .model import HelloOptions, MingleSummary, Reply
+from .parsers import parse_seconds
 from .rounds import MingleRound
 from .runner import PluginHung
-from .settings import parse_seconds
 
 __all__ = ["Mingle"]
 

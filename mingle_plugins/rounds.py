@@ -74,7 +74,7 @@ class MingleRound:
 
     def reject(self, nodename: object, reason: str, source: str = "reply") -> None:
         name = shown(nodename, 255)
-        what = "hello request" if source == "request" else "reply"
+        what = "hello request (ids not merged)" if source == "request" else "reply"
         logger.warning("mingle: rejected the %s of %s: %s", what, shown(nodename), reason)
         self.summary.rejected[name] = reason
         self.summary.nodes[name] = NodeOutcome(status="rejected", reason=reason)
