@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from celery.utils.log import get_logger
 
 from . import protocol
-from .checks import shown
+from .checks import InvalidReply, check_nodename, shown
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -50,6 +50,11 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
     """Wrap the stock ``hello`` handler: the request's ids go through the reply path."""
 
     def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
+        try:
+            check_nodename(from_node)
+        except InvalidReply as exc:  # stock would log the name raw ("sync with <name>")
+            logger.warning("mingle: refused a hello request from %s: %s", shown(from_node), exc)
+            return None
         if revoked and from_node != state.hostname:
             take_request_ids(step, state.consumer, from_node, revoked, mingle)
         reply = stock_hello(state, from_node, revoked=None, **kwargs)

@@ -15,7 +15,7 @@ from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
 from . import compat
-from .checks import InvalidReply, check_body, reply_limits
+from .checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
 from .config import configure
 from .control import install_handlers
 from .model import HelloOptions, MingleSummary, Reply
@@ -55,6 +55,8 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.setting_problems = list(config.problems)
         self.pm = config.pm
         self.runner = config.runner
+        #: Signed hello requests seen lately (refuses replays on the answering side).
+        self.replay_guard = ReplayGuard(self.settings.signature_max_age)
         self.driver_type = ""
         self.last_summary: MingleSummary | None = None
         self.enabled = not without_mingle and self.compatible_transport(c.app)
@@ -91,7 +93,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def new_round(self, c: Any) -> MingleRound:
         """A round for one mingle (or one hello request), with this step's settings and plugins."""
-        return MingleRound.start(c, self.settings, self.runner, self.driver_type)
+        return MingleRound.start(c, self.settings, self.runner, self.driver_type, self.replay_guard)
 
     @contextmanager
     def mingle_round(self, c: Any) -> Iterator[MingleRound]:
@@ -131,7 +133,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 info("mingle: sync with %s nodes", len(summary.neighbours))
                 for nodename, reply in replies.items():
                     if reply:
-                        self.on_node_reply(c, nodename, reply)
+                        self.on_node_reply(c, nodename, rnd.choose(nodename, reply))
                 info("mingle: sync complete")
             else:
                 info("mingle: all alone")
@@ -141,13 +143,14 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.last_summary = summary
         info(
             "mingle: summary: %d neighbours, %d accepted, %d ids merged, %d dropped by policy, "
-            "%d rejected, %.3fs",
+            "%d rejected, %.3fs%s",
             len(summary.neighbours),
             len(summary.accepted),
             summary.ids_merged,
             summary.ids_dropped,
             len(summary.rejected),
             summary.elapsed,
+            f", {summary.ids_over_share} ids over mingle_max_share" if summary.ids_over_share else "",
         )
         self._send_event(c, summary)
         for _ in self.runner.each(
@@ -234,7 +237,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         return replies
 
     def on_node_reply(self, c: Any, nodename: str, reply: Any) -> None:
-        debug("mingle: processing reply from %s", nodename)
+        debug("mingle: processing reply from %s", shown(nodename))
         with self.mingle_round(c) as rnd:
             checked = rnd.receive(nodename, reply)
             if checked is None:

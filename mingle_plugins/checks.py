@@ -10,6 +10,8 @@ trust) with the reason, which is logged and counted.
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,12 +25,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_NODENAME_LENGTH",
+    "Duplicates",
     "InvalidReply",
+    "Malformed",
+    "ReplayGuard",
     "ReplyLimits",
     "check_body",
     "check_nodename",
     "check_reply",
     "check_trust",
+    "body_problem",
+    "decode_error_reason",
     "reply_limits",
     "shown",
 ]
@@ -42,6 +49,41 @@ _KNOWN_KEYS = frozenset({"clock", "revoked", "mingle", "self", "c"})
 
 class InvalidReply(ValueError):
     """A neighbour's reply failed a check; the message says which."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A reply message that could not be used at all (undecodable, empty, not a mapping)."""
+
+    reason: str
+
+
+class Duplicates(list[Any]):
+    """The bodies received under one node name in one hello, in arrival order."""
+
+
+def decode_error_reason(exc: BaseException) -> str:
+    """Why kombu could not decode a reply: the real reason, in a few words."""
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc.__cause__ or exc
+    name = type(exc).__name__
+    if name == "ContentDisallowed":
+        return f"content type refused: {exc}"[:200]
+    if isinstance(cause, RecursionError):
+        return "nesting too deep to decode"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {cause.start}"
+    if type(cause).__name__ == "JSONDecodeError":
+        return f"invalid JSON: {cause}"[:200]
+    return f"undecodable: {cause!r}"[:200]
+
+
+def body_problem(body: Any) -> str | None:
+    """Why a decoded reply message cannot hold replies, or ``None`` when it can."""
+    if body is None:
+        return "empty body (null)"
+    if isinstance(body, Mapping):
+        return None if body else "empty body ({})"
+    return f"body is a {type(body).__name__}, not a mapping of node names"
 
 
 @dataclass(frozen=True)
@@ -65,7 +107,7 @@ def reply_limits(settings: MingleSettings, revoked_set: Any) -> ReplyLimits:
 def shown(name: object, limit: int = 80) -> str:
     """A node name as it may appear in a log line: escaped (no newline, no escape
     sequence, no bidi override) and truncated."""
-    text = name if isinstance(name, str) else repr(name)
+    text = name if isinstance(name, str) else repr(name)  # a list of names is shown as its repr
     escaped = text.encode("ascii", "backslashreplace").decode("ascii")
     escaped = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in escaped)
     return escaped if len(escaped) <= limit else f"{escaped[:limit]}...({len(text)} chars)"
@@ -123,6 +165,8 @@ def check_body(
     nodename: object, body: Any, limits: ReplyLimits, source: Literal["reply", "request"] = "reply"
 ) -> Reply:
     """Check one reply body (or the fields of a hello request) whole; return its :class:`Reply`."""
+    if isinstance(body, Malformed):
+        raise InvalidReply(body.reason)
     name = check_nodename(nodename)
     if not isinstance(body, Mapping):
         raise InvalidReply(f"reply is a {type(body).__name__}, not a mapping")
@@ -172,10 +216,41 @@ def check_reply(reply: Any, limits: ReplyLimits, original: Reply) -> Reply:
     return reply
 
 
-def check_trust(settings: MingleSettings, reply: Reply, nonce: str | None) -> None:
+class ReplayGuard:
+    """Refuses a signed hello request sent too long ago, or whose nonce was seen already.
+
+    Keeps the nonces of the last ``max_age`` seconds, at most ``max_entries``
+    (the oldest are forgotten first when a flood fills it).
+    """
+
+    def __init__(self, max_age: float, max_entries: int = 10_000) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def check(self, nonce: str, sent_at: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if abs(now - sent_at) > self.max_age:
+            raise RejectReply(
+                f"request sent {now - sent_at:+.0f}s from now, outside mingle_signature_max_age "
+                f"({self.max_age:g}s): replayed, or clocks apart"
+            )
+        while self._seen and (
+            len(self._seen) >= self.max_entries or next(iter(self._seen.values())) < now - self.max_age
+        ):
+            self._seen.popitem(last=False)
+        if nonce in self._seen:
+            raise RejectReply("replayed request: its nonce was seen already")
+        self._seen[nonce] = now
+
+
+def check_trust(
+    settings: MingleSettings, reply: Reply, nonce: str | None, guard: ReplayGuard | None = None
+) -> None:
     """Apply ``mingle_trusted_nodes`` and ``mingle_hmac_keys``; raise RejectReply.
 
-    A reply must be signed over ``nonce`` (this mingle's); a request carries its own.
+    A reply must be signed over ``nonce`` (this mingle's); a request carries its
+    own nonce and send time, which ``guard`` checks against replays.
     """
     if not settings.trusts(reply.nodename):
         raise RejectReply("node name not in mingle_trusted_nodes")
@@ -194,3 +269,5 @@ def check_trust(settings: MingleSettings, reply: Reply, nonce: str | None) -> No
         )
     if problem:
         raise RejectReply(problem)
+    if reply.source == "request" and guard is not None:
+        guard.check(str(reply.extension["nonce"]), float(reply.extension["sent_at"]))

@@ -18,9 +18,10 @@ from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
 from . import compat, protocol
+from .checks import Duplicates, Malformed, body_problem, decode_error_reason, shown
 from .model import HelloOptions
 
-__all__ = ["HelloCollector", "hello_exchange"]
+__all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
 
 logger = logging.getLogger("mingle_plugins")
 
@@ -101,30 +102,35 @@ class HelloCollector:
             if self.options.polling_interval is not None and self._saved_interval is not None:
                 self.connection.transport.polling_interval = self._saved_interval
 
-    def _on_message(self, body: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
+        """Every reply message, undecoded: read by :func:`read_reply_message`."""
         header = message.headers.get
         clock = header("clock")
         # kombu moves the clock on every reply header; do it only within bounds.
         if type(clock) is int and 0 <= clock <= self.options.max_clock:
             self.mailbox.clock.adjust(clock)
         expires = header("expires")
-        if expires and time.time() > expires:
+        if isinstance(expires, (int, float)) and time.time() > expires:
             return
         replies = self._requests.get(header("ticket"))
         if replies is None:
             return
-        if isinstance(body, Mapping) and body:
-            for node, reply in body.items():
-                replies.setdefault(str(node), reply)  # a duplicate node name keeps its first reply
-        else:
-            self._malformed += 1
-            replies[f"<malformed reply {self._malformed}>"] = body
+        bodies = read_reply_message(message)
+        if isinstance(bodies, Malformed):
+            self._add_malformed(replies, bodies)
+            return
+        for node, reply in bodies.items():
+            _add(replies, node, reply)
+
+    def _add_malformed(self, replies: dict[str, Any], malformed: Malformed) -> None:
+        self._malformed += 1
+        replies[f"<malformed reply {self._malformed}>"] = malformed
 
     def _on_decode_error(self, message: Any, exc: Exception) -> None:
+        # kombu calls this instead of ``_on_message`` for a message it marked as broken.
         replies = self._requests.get(message.headers.get("ticket"))
         if replies is not None:
-            self._malformed += 1
-            replies[f"<malformed reply {self._malformed}>"] = f"undecodable: {exc!r:.200}"
+            self._add_malformed(replies, Malformed(decode_error_reason(exc)))
 
     def _publish(self, arguments: dict[str, Any], destination: list[str] | None, ticket: str) -> None:
         if self.options.reply_queue is None:
@@ -159,8 +165,9 @@ class HelloCollector:
         number of subscribers the hello reached when ``options.count_receivers``);
         without a count, ``options.quiet_window`` waits that long after each
         reply, with ``timeout`` as the bound of the whole collection. A body
-        that is not a mapping is kept under ``"<malformed reply N>"`` so that it
-        is rejected and counted like any invalid reply.
+        that cannot hold replies is kept as a :class:`Malformed` under ``"<malformed
+        reply N>"``, so that it is rejected with its reason and counted; every
+        reply under a node name that answered already is kept (:class:`Duplicates`).
         """
         options = self.options
         ticket = uuid()
@@ -181,7 +188,7 @@ class HelloCollector:
             self._consumer = Consumer(  # type: ignore[no-untyped-call]
                 self.chan, [self.reply_queue], accept=self.mailbox.accept, no_ack=True
             )
-            self._consumer.register_callback(self._on_message)
+            self._consumer.on_message = self._on_message
             self._consumer.on_decode_error = self._on_decode_error
             self._consumer.consume()
         started = last_reply = time.monotonic()
@@ -206,8 +213,33 @@ class HelloCollector:
                 continue
             if len(replies) > before:
                 last_reply = time.monotonic()
-        logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
+        logger.debug(
+            "mingle: collected %d replies to %s", len(replies), shown(destination or "the broadcast")
+        )
         return replies
+
+
+def read_reply_message(message: Any) -> dict[str, Any] | Malformed:
+    """Decode one reply message (as kombu would, with the mailbox's accepted content types):
+    ``{node name: reply body}``, or :class:`Malformed` with the real reason."""
+    try:
+        body = message.decode()
+    except Exception as exc:
+        return Malformed(decode_error_reason(exc))
+    problem = body_problem(body)
+    if problem is not None:
+        return Malformed(problem)
+    return {str(node): reply for node, reply in body.items()}
+
+
+def _add(replies: dict[str, Any], node: str, reply: Any) -> None:
+    """Keep every reply under a node name: the step picks the one that passes the checks."""
+    if node not in replies:
+        replies[node] = reply
+    elif isinstance(replies[node], Duplicates):
+        replies[node].append(reply)
+    else:
+        replies[node] = Duplicates([replies[node], reply])
 
 
 def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[str, Any]:
@@ -220,8 +252,9 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
     if options.nonce:
         ext["nonce"] = options.nonce
         if options.signing_key:
+            ext["sent_at"] = sent_at = time.time()
             ext["request_signature"] = protocol.sign_request(
-                options.signing_key, options.nonce, consumer.hostname, revoked
+                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at
             )
     if options.digest:
         ext["want"] = "digest"
@@ -251,7 +284,10 @@ def _fetch_full_lists(
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]
                 logger.debug(
-                    "mingle: full list of digest %.12s from %s (%d nodes share it)", digest, node, len(nodes)
+                    "mingle: full list of digest %.12s from %s (%d nodes share it)",
+                    digest,
+                    shown(node),
+                    len(nodes),
                 )
                 break
         else:

@@ -139,6 +139,8 @@ class NodeOutcome:
         ids_received: ids the reply carried.
         ids_kept: ids the merge policies kept (all of them with no policy).
         ids_merged: kept ids that were new to this worker and were added by this reply.
+        ids_over_share: new ids not merged because they would have evicted more
+            than ``mingle_max_share`` of the worker's full revoked set.
         dropped_by: ``{plugin name: ids it dropped}``.
 
     .. versionadded:: 0.2
@@ -149,6 +151,7 @@ class NodeOutcome:
     ids_received: int = 0
     ids_kept: int = 0
     ids_merged: int = 0
+    ids_over_share: int = 0
     dropped_by: dict[str, int] = field(default_factory=dict)
 
 
@@ -168,6 +171,9 @@ class MingleSummary:
         ids_dropped: ids the merge policies dropped, summed over the replies.
         dropped_by: ``{plugin name: ids dropped}``, summed over the replies.
         ids_merged: ids that were not in the revoked set before and are now.
+        ids_over_share: ids not merged because one node's ids would have evicted
+            more than ``mingle_max_share`` of the full revoked set.
+        duplicates: ``{node name: extra replies}`` for names that answered more than once.
         revoked_before: size of the revoked set before the mingle.
         revoked_after: size of the revoked set after the mingle.
         clock_before: the Lamport clock before the mingle.
@@ -179,7 +185,7 @@ class MingleSummary:
         skipped: why the hello was not sent, or ``None``.
 
     .. versionchanged:: 0.2
-       ``accepted``, ``nodes``, ``ids_dropped`` and ``dropped_by``;
+       ``accepted``, ``nodes``, ``ids_dropped``, ``dropped_by``, ``ids_over_share``, ``duplicates``;
        ``merged_from`` lists only the nodes that brought a new id.
     """
 
@@ -194,6 +200,8 @@ class MingleSummary:
     ids_dropped: int = 0
     dropped_by: dict[str, int] = field(default_factory=dict)
     ids_merged: int = 0
+    ids_over_share: int = 0
+    duplicates: dict[str, int] = field(default_factory=dict)
     revoked_before: int = 0
     revoked_after: int = 0
     clock_before: int = 0

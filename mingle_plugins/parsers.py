@@ -20,6 +20,7 @@ __all__ = [
     "Parser",
     "boolean",
     "choice",
+    "fraction",
     "names",
     "optional_names",
     "optional_seconds",
@@ -91,6 +92,15 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError(value)
+    return number
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError
@@ -113,6 +123,8 @@ optional_seconds = _optional(seconds)
 boolean = Parser(_bool, "True or False", "bool")
 #: An integer > 0.
 positive_int = Parser(_positive_int, "an integer > 0", "int")
+#: A number in (0, 1].
+fraction = Parser(_fraction, "a number > 0 and <= 1", "fraction")
 #: A non-empty string.
 text = Parser(_text, "a non-empty string", "str")
 #: A list of names (or one comma-separated string).

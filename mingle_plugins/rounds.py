@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import compat
-from .checks import InvalidReply, check_body, check_reply, check_trust, reply_limits, shown
+from .checks import (
+    Duplicates,
+    InvalidReply,
+    ReplayGuard,
+    check_body,
+    check_reply,
+    check_trust,
+    reply_limits,
+    shown,
+)
 from .errors import RejectReply
 from .loader import BUILTIN_NAME
 from .model import MingleSummary, NodeOutcome, Reply, WorkerConsumer
@@ -45,6 +54,8 @@ class MingleRound:
     summary: MingleSummary
     #: The nonce this mingle's signed replies must cover.
     nonce: str | None = None
+    #: The worker's record of signed requests seen (the answering side).
+    guard: ReplayGuard | None = None
     #: The reply being synced (``sync_with_node``), for the stock-API methods.
     current: Reply | None = None
     #: Kept ids waiting for the bulk merge, with the stamps their sender gave (5.3-5.6).
@@ -54,7 +65,12 @@ class MingleRound:
 
     @classmethod
     def start(
-        cls, consumer: WorkerConsumer, settings: MingleSettings, runner: HookRunner, transport: str
+        cls,
+        consumer: WorkerConsumer,
+        settings: MingleSettings,
+        runner: HookRunner,
+        transport: str,
+        guard: ReplayGuard | None = None,
     ) -> MingleRound:
         state = consumer.controller.state
         summary = MingleSummary(
@@ -64,7 +80,7 @@ class MingleRound:
             revoked_before=len(state.revoked),
             clock_before=consumer.app.clock.value,
         )
-        return cls(consumer, settings, runner, summary)
+        return cls(consumer, settings, runner, summary, guard=guard)
 
     @property
     def revoked_set(self) -> Any:
@@ -87,7 +103,7 @@ class MingleRound:
         try:
             limits = reply_limits(self.settings, self.revoked_set)
             reply = check_body(nodename, body, limits, source)
-            check_trust(self.settings, reply, self.nonce)
+            check_trust(self.settings, reply, self.nonce, self.guard)
             for result in self.runner.each(
                 "mingle_on_reply",
                 fail_closed=True,
@@ -109,6 +125,35 @@ class MingleRound:
         finally:
             self.cpu += time.process_time() - cpu
         return reply
+
+    def choose(self, nodename: str, value: Any) -> Any:
+        """One body for a node name that answered more than once: the first that passes the
+        checks and the trust settings (so an unsigned or badly signed reply never displaces a
+        signed one); every extra reply is logged and counted."""
+        if not isinstance(value, Duplicates):
+            return value
+        limits = reply_limits(self.settings, self.revoked_set)
+        chosen: Any = None
+        problems: list[str] = []
+        for body in value:
+            try:
+                check_trust(self.settings, check_body(nodename, body, limits), self.nonce)
+            except (InvalidReply, RejectReply) as exc:
+                problems.append(str(exc))
+                continue
+            if chosen is None:
+                chosen = body
+            else:
+                problems.append("another reply that passes the checks")
+        self.summary.duplicates[shown(nodename, 255)] = len(value) - 1
+        logger.warning(
+            "mingle: %d replies under the name %s: %s; dropped: %s",
+            len(value),
+            shown(nodename),
+            "kept the first that passes the checks" if chosen is not None else "none passes the checks",
+            "; ".join(problems)[:300],
+        )
+        return chosen if chosen is not None else value[0]
 
     # -- 2. clock --------------------------------------------------------------
 
@@ -172,6 +217,7 @@ class MingleRound:
         if guard:
             self._restore_lost(saved)
         new = [i for i in kept if i not in revoked_set and i not in self.pending]
+        new, kept = self._within_share(reply, new, kept, outcome)
         outcome.ids_kept += len(kept)
         outcome.ids_merged += len(new)
         for plugin, count in dropped_by.items():
@@ -185,6 +231,37 @@ class MingleRound:
             compat.merge_ids(self.consumer.controller.state, kept, reply.stamps)
         self.cpu += time.process_time() - cpu
         return outcome
+
+    def _within_share(
+        self, reply: Reply, new: list[str], kept: list[str], outcome: NodeOutcome
+    ) -> tuple[list[str], list[str]]:
+        """Cut a node's new ids to the free room plus ``mingle_max_share`` of the set's size.
+
+        So no single neighbour (or hello request) can flush the ids the worker has: its newest
+        ids are kept (the end of the list, as senders send oldest first), the rest counted.
+        """
+        maxlen = self.revoked_set.maxlen
+        if not maxlen or not new:
+            return new, kept
+        free = max(0, maxlen - len(self.revoked_set) - len(self.pending))
+        allowed = free + int(self.settings.max_share * maxlen)
+        if len(new) <= allowed:
+            return new, kept
+        over = len(new) - allowed
+        cut = set(new[:over])
+        outcome.ids_over_share += over
+        self.summary.ids_over_share += over
+        logger.debug(
+            "mingle: %s sent %d new ids, more than the free room (%d) plus mingle_max_share (%g) of "
+            "the revoked set (%d): %d of its oldest are not merged",
+            shown(reply.nodename),
+            len(new),
+            free,
+            self.settings.max_share,
+            maxlen,
+            over,
+        )
+        return new[over:], [i for i in kept if i not in cut]
 
     def _restore_lost(self, saved: dict[str, Any]) -> None:
         """Put back ids a plugin removed from the revoked set (a policy must only decide)."""
@@ -215,6 +292,15 @@ class MingleRound:
             compat.merge_ids(state, ids, stamps)
             self.pending = {}
         summary = self.summary
+        if summary.ids_over_share:
+            over = {n: o.ids_over_share for n, o in summary.nodes.items() if o.ids_over_share}
+            logger.warning(
+                "mingle: %d new ids not merged: more than mingle_max_share (%g) of the full revoked set "
+                "from one node (%s); the ids this worker had are kept",
+                summary.ids_over_share,
+                self.settings.max_share,
+                ", ".join(f"{shown(n)}: {count}" for n, count in over.items())[:300],
+            )
         for name, outcome in summary.nodes.items():
             if outcome.status != "accepted":
                 continue

@@ -24,6 +24,7 @@ from .errors import SettingsError
 from .parsers import (
     boolean,
     choice,
+    fraction,
     names,
     optional_names,
     optional_seconds,
@@ -149,6 +150,18 @@ class MingleSettings:
         "signed with one of them. Also from `CELERY_MINGLE_HMAC_KEYS`.",
         names,
         secret=True,
+    )
+    signature_max_age: float = setting(
+        60.0,
+        "With keys set: a signed hello request sent longer ago than this (or this far in the future: "
+        "clock skew) is refused, and so is one whose nonce was seen within it (a replay).",
+        seconds,
+    )
+    max_share: float = setting(
+        0.1,
+        "The share of a full revoked set that one node's ids may evict in one mingle (or one hello "
+        "request); ids beyond are not merged, and counted. Free room is always used first.",
+        fraction,
     )
     accept_unsigned: bool = setting(
         False, "With keys set: accept unsigned replies and requests (stock workers') too.", boolean
