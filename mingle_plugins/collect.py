@@ -248,18 +248,20 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
     """
     app, connection = consumer.app, consumer.connection
     arguments: dict[str, Any] = {"from_node": consumer.hostname, "revoked": revoked}
-    ext: dict[str, Any] = {"v": protocol.VERSION}
+    # Neighbours running this package merge our ids with their ages and answer with theirs;
+    # stock neighbours ignore the extension (their ``hello`` takes ``**kwargs``).
+    ages = compat.revoked_ages(consumer.controller.state.revoked, protocol.reply_ids(revoked))
+    ext: dict[str, Any] = {"v": protocol.VERSION, "ages": ages}
     if options.nonce:
         ext["nonce"] = options.nonce
         if options.signing_key:
             ext["sent_at"] = sent_at = time.time()
             ext["request_signature"] = protocol.sign_request(
-                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at
+                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at, ages
             )
     if options.digest:
         ext["want"] = "digest"
-    if len(ext) > 1:
-        arguments["mingle"] = ext
+    arguments["mingle"] = ext
     with HelloCollector(app, connection, options) as collector:
         replies = collector.ask(arguments)
         if options.digest:
@@ -279,7 +281,8 @@ def _fetch_full_lists(
             groups.setdefault(str(theirs["digest"]), []).append(node)
     for digest, nodes in groups.items():
         for node in nodes:  # the first node of a digest that answers in full
-            ask = {"from_node": hostname, "revoked": None, "mingle": {**ext, "want": "full"}}
+            # No ids of ours this time (the broadcast carried them), but ask for their ages.
+            ask = {"from_node": hostname, "revoked": None, "mingle": {**ext, "ages": [], "want": "full"}}
             full = collector.ask(ask, destination=[node])
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]
