@@ -111,6 +111,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
       its asker deleted the reply queue would create it again, forever.
     - ``queue_delete``: deletes a reply queue that has no binding (see
       :func:`delete_queue`).
+    - ``_delete``: forgets a deleted queue's URL under the name kombu caches it by.
     - ``_delete_message``: outside a worker there is no event loop for kombu's
       asynchronous delete of a no-ack message; it is deleted synchronously.
     """
@@ -135,6 +136,13 @@ class Channel(_KombuChannel):  # type: ignore[misc]
                 raise
             self._queue_cache.pop(self.canonical_queue_name(queue), None)
             logger.debug("mingle: sqs: reply to %s dropped: the queue is gone", queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        super()._delete(queue, *args, **kwargs)
+        # kombu forgets the URL under the queue's kombu name, but caches it under the SQS
+        # name: declared again (kombu's pidbox reply queue, at the next ``inspect`` of this
+        # process), the deleted queue's URL would be used: NonExistentQueue.
+        self._queue_cache.pop(self.canonical_queue_name(queue), None)
 
     def _delete_message(self, queue_name: str, message: Any) -> None:
         # A message of a no-ack queue is deleted on receipt through the event loop's HTTP
