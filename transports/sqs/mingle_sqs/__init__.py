@@ -177,20 +177,28 @@ def node_queue_names(channel: Any, mailbox: Any, hostname: str) -> tuple[str, st
 
 
 def _check_names(channel: Any, mailbox: Any, hostname: str) -> str | None:
-    """With ``predefined_queues``: the reply queue name to use; raise if a queue is missing."""
+    """With ``predefined_queues``: the reply queue name to use; raise if a queue is missing.
+
+    kombu looks a predefined queue up under its SQS name, but subscribes a fanout
+    queue to its SNS topic under its kombu name (``w1@host.celery.pidbox``): without
+    that key too, kombu logs "Not subscribing queue" at DEBUG and no broadcast
+    (``revoke``, ``hello``) ever reaches the node.
+    """
+    raw_pidbox = mailbox.get_queue(hostname).name
     pidbox, reply = node_queue_names(channel, mailbox, hostname)
-    reply_name = channel.entity_name(f"{mailbox.get_queue(hostname).name.removesuffix('.pidbox')}.mingle")
+    reply_name = channel.entity_name(f"{raw_pidbox.removesuffix('.pidbox')}.mingle")
     too_long = [name for name in (pidbox, reply) if len(name) > 80]
     if too_long:
         logger.error("mingle: sqs: queue names longer than SQS's 80 characters: %s", ", ".join(too_long))
     if not channel.predefined_queues:
         return None
-    missing = [name for name in (pidbox, reply) if name not in channel.predefined_queues]
+    missing = [name for name in (pidbox, raw_pidbox, reply) if name not in channel.predefined_queues]
     if missing:
         raise MissingPredefinedQueues(
             "broker_transport_options['predefined_queues'] lacks "
             + ", ".join(repr(name) for name in missing)
-            + " (this node's pidbox queue and mingle reply queue): add them, with their URLs"
+            + f" (this node's pidbox queue, under its SQS and its kombu name, and its mingle reply queue;"
+            f" {raw_pidbox!r} has the URL of {pidbox!r}): add them"
         )
     return str(reply_name)
 

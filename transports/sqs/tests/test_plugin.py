@@ -8,6 +8,7 @@ tests/integration/test_transport_sqs.py.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,14 +116,17 @@ def test_predefined_queues_must_list_this_nodes_queues() -> None:
             "w1-a_pod-7-celery-pidbox",
             "w1-a_pod-7-celery-mingle",
         )
-        with pytest.raises(plugin.MissingPredefinedQueues, match="'w1-a_pod-7-celery-pidbox', 'w1-a_pod-7"):
+        with pytest.raises(
+            plugin.MissingPredefinedQueues,
+            match=re.escape(
+                "'w1-a_pod-7-celery-pidbox', 'w1.a@pod-7.celery.pidbox', 'w1-a_pod-7-celery-mingle'"
+            ),
+        ):
             plugin._check_names(chan, app.control.mailbox, "w1.a@pod-7")
-        predefined["w1-a_pod-7-celery-pidbox"] = {
-            "url": "http://127.0.0.1:9/123456789012/w1-a_pod-7-celery-pidbox"
-        }
-        predefined["w1-a_pod-7-celery-mingle"] = {
-            "url": "http://127.0.0.1:9/123456789012/w1-a_pod-7-celery-mingle"
-        }
+        url = "http://127.0.0.1:9/123456789012/"
+        predefined["w1-a_pod-7-celery-pidbox"] = {"url": url + "w1-a_pod-7-celery-pidbox"}
+        predefined["w1.a@pod-7.celery.pidbox"] = {"url": url + "w1-a_pod-7-celery-pidbox"}
+        predefined["w1-a_pod-7-celery-mingle"] = {"url": url + "w1-a_pod-7-celery-mingle"}
         assert plugin._check_names(chan, app.control.mailbox, "w1.a@pod-7") == "w1-a_pod-7-celery-mingle"
 
 
