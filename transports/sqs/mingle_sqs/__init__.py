@@ -250,7 +250,12 @@ def mingle_send_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Map
         return None
     settings = load_settings(consumer.app)
     channel = connection.default_channel
-    predefined = _check_names(channel, consumer.app.control.mailbox, consumer.hostname)
+    try:
+        predefined = _check_names(channel, consumer.app.control.mailbox, consumer.hostname)
+    except MissingPredefinedQueues as exc:
+        # Nothing can reach this node's pidbox (nor its reply queue): no hello, no neighbour.
+        logger.error("mingle: sqs: %s; no hello sent", exc)
+        return {}
     if predefined is not None:
         options.reply_queue = predefined  # reused at every mingle of this node: never deleted
     try:

@@ -130,6 +130,23 @@ def test_predefined_queues_must_list_this_nodes_queues() -> None:
         assert plugin._check_names(chan, app.control.mailbox, "w1.a@pod-7") == "w1-a_pod-7-celery-mingle"
 
 
+def test_send_hello_without_the_predefined_queues_sends_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    app = app_with(
+        broker_url=OFFLINE_URL,
+        broker_transport=PLUGIN_TRANSPORT,
+        broker_transport_options={
+            "supports_fanout": True,
+            "predefined_queues": {"celery": {"url": "http://127.0.0.1:9/123456789012/celery"}},
+        },
+    )
+    with app.connection_for_read() as conn:
+        consumer = SimpleNamespace(connection=conn, app=app, hostname="w1@host")
+        options = HelloOptions(reply_queue="mingle-reply-0123456789abcdef")
+        assert plugin.mingle_send_hello(consumer=consumer, revoked=[], options=options) == {}
+    assert "lacks 'w1_host-celery-pidbox', 'w1@host.celery.pidbox', 'w1_host-celery-mingle'" in caplog.text
+    assert "no hello sent" in caplog.text
+
+
 # -- against moto's server ------------------------------------------------------------
 
 
