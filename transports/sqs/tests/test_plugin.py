@@ -53,7 +53,10 @@ def test_bad_settings_fall_back(caplog: pytest.LogCaptureFixture) -> None:
     assert "margin=-1" in caplog.text and "stale_messages='many'" in caplog.text
 
 
-def test_refuses_without_fanout_and_says_the_setting(caplog: pytest.LogCaptureFixture) -> None:
+def test_refuses_without_fanout_and_says_the_setting(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plugin, "_said", set())  # said already in this process by another test
     app = app_with(broker_url=OFFLINE_URL)
     with caplog.at_level(logging.WARNING, "mingle_sqs"):
         assert plugin.mingle_transport_compatible(app=app, driver_type="sqs") is False
