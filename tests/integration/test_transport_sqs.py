@@ -131,3 +131,35 @@ def test_without_fanout_the_plugin_refuses_in_one_line(make_cluster: Any, moto: 
     assert "plugin 'sqs' refuses it" in output, output
     assert '"supports_fanout": True' in output, output
     cluster.close()
+
+
+def test_predefined_queues(make_cluster: Any, moto: Any) -> None:
+    """With ``predefined_queues`` (no queue created by kombu), listing what the plugin's README
+    says: the task queue, each node's pidbox queue under both names, and its mingle queue."""
+    sqs = moto.client("sqs")
+    exchange = f"pre{uuid.uuid4().hex[:8]}"
+    predefined: dict[str, dict[str, str]] = {}
+    for node, safe in (("pre1@mt", "pre1_mt"), ("pre2@mt", "pre2_mt")):
+        url = sqs.create_queue(QueueName=f"{safe}-{exchange}-pidbox")["QueueUrl"]
+        predefined[f"{safe}-{exchange}-pidbox"] = predefined[f"{node}.{exchange}.pidbox"] = {"url": url}
+        name = f"{safe}-{exchange}-mingle"
+        predefined[name] = {"url": sqs.create_queue(QueueName=name)["QueueUrl"]}
+    predefined["celery"] = {"url": sqs.create_queue(QueueName="celery")["QueueUrl"]}
+    conf = sqs_conf(moto, mingle_expect_replies=True, control_exchange=exchange)
+    conf["broker_transport_options"]["predefined_queues"] = predefined
+    cluster = make_cluster(moto.broker_url(), conf)
+    queues_before, _ = snapshot(moto)
+
+    first = cluster.start("pre1@mt", wait=False)  # no ping: its reply queue cannot be predefined
+    first.wait_ready()
+    first.wait_for(r"Create subscription .*pre1_mt")
+    cluster.client.control.revoke(["pre-id"])
+    first.wait_for(r"Tasks flagged as revoked: pre-id")
+
+    second = cluster.start("pre2@mt", wait=False, loglevel="DEBUG")
+    second.wait_for(r"mingle: summary: ")
+    log = second.log()
+    assert "mingle: sqs: 1 neighbours subscribed" in log
+    assert re.search(r"mingle: summary: 1 neighbours, 1 merged, 1 ids merged, 0 rejected", log)
+    assert snapshot(moto)[0] == queues_before  # nothing created, nothing deleted
+    cluster.close()
