@@ -84,7 +84,9 @@ def test_newcomer_learns_revoked_ids_and_clock_and_leaves_nothing(
     newcomer.wait_for(r"mingle: summary: ")
     log = newcomer.log()
     assert "mingle: sync with 3 nodes" in log
-    assert re.search(r"mingle: summary: 3 neighbours, 3 merged, 5 ids merged, 0 rejected", log)
+    assert re.search(
+        r"mingle: summary: 3 neighbours, 3 accepted, 5 ids merged, 0 dropped by policy, 0 rejected", log
+    )
     if expect:
         assert "mingle: sqs: 3 neighbours subscribed" in log
     assert set(ids) <= cluster.revoked("new.pod-7f@mt")
@@ -164,6 +166,8 @@ def test_predefined_queues(make_cluster: Any, moto: Any) -> None:
     second.wait_for(r"mingle: summary: ")
     log = second.log()
     assert "mingle: sqs: 1 neighbours subscribed" in log
-    assert re.search(r"mingle: summary: 1 neighbours, 1 merged, 1 ids merged, 0 rejected", log)
+    assert re.search(
+        r"mingle: summary: 1 neighbours, 1 accepted, 1 ids merged, 0 dropped by policy, 0 rejected", log
+    )
     assert snapshot(moto)[0] == queues_before  # nothing created, nothing deleted
     cluster.close()

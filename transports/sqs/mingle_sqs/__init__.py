@@ -29,7 +29,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from mingle_plugins import HelloOptions, hookimpl, plugin_seconds
+from mingle_plugins import (
+    HelloOptions,
+    MingleSettings,
+    Parser,
+    SettingsRegistry,
+    WorkerConsumer,
+    hookimpl,
+    optional_seconds,
+    positive_int,
+    seconds,
+    setting,
+    transport_option_seconds,
+)
 
 __all__ = [
     "DRIVER_TYPE",
@@ -38,7 +50,7 @@ __all__ = [
     "MissingPredefinedQueues",
     "SqsSettings",
     "count_listeners",
-    "load_settings",
+    "mingle_add_settings",
     "mingle_expected_replies",
     "mingle_send_hello",
     "mingle_transport_compatible",
@@ -68,53 +80,54 @@ KOMBU_POLLING_INTERVAL = 1.0
 SQS_MAX_WAIT_TIME_SECONDS = 20
 
 
+def _wait_seconds(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value:
+        raise ValueError(value)
+    return min(round(value), SQS_MAX_WAIT_TIME_SECONDS)
+
+
+#: SQS's ``WaitTimeSeconds``: whole seconds, 0 to 20 (more is cut to 20).
+wait_seconds = Parser(_wait_seconds, "a number of seconds >= 0 (0 to 20 for SQS)", "int")
+
+
 @dataclass(frozen=True)
 class SqsSettings:
-    """``mingle_plugin_settings["sqs"]``, every key optional; a bad value is logged and replaced."""
+    """``mingle_plugin_settings["sqs"]``, every key optional (declared with ``mingle_add_settings``)."""
 
-    #: Seconds a neighbour takes to read its pidbox queue (default: ``polling_interval`` of this app).
-    neighbour_latency: float = KOMBU_POLLING_INTERVAL
-    #: Seconds added for the neighbour to answer and this node to read the answer.
-    margin: float = 0.5
-    #: ``WaitTimeSeconds`` of each read of the reply queue while collecting (0 to 20, whole seconds).
-    reply_wait_time_seconds: int = 1
-    #: Seconds between two reads of the reply queue that found nothing, while collecting.
-    reply_polling_interval: float = 0.01
-    #: A neighbour's pidbox queue holding this many unread messages is not counted (dead node).
-    stale_messages: int = 10
+    neighbour_latency: float | None = setting(
+        None,
+        "Seconds a neighbour takes to read its pidbox queue. `None`: this app's "
+        "`broker_transport_options['polling_interval']`, else kombu's 1.0 s.",
+        optional_seconds,
+    )
+    margin: float = setting(
+        0.5, "Seconds added for the neighbour to answer and this node to read the answer.", seconds
+    )
+    reply_wait_time_seconds: int = setting(
+        1, "`WaitTimeSeconds` of each read of the reply queue while collecting (0 to 20).", wait_seconds
+    )
+    reply_polling_interval: float = setting(
+        0.01, "Seconds between two reads of the reply queue that found nothing, while collecting.", seconds
+    )
+    stale_messages: int = setting(
+        10, "A neighbour's pidbox queue holding this many unread messages is not counted.", positive_int
+    )
 
-    @property
-    def window(self) -> float:
+    def latency(self, conf: Mapping[str, Any]) -> float:
+        """How late a neighbour reads its pidbox queue: the setting, else the polling interval."""
+        if self.neighbour_latency is not None:
+            return self.neighbour_latency
+        return transport_option_seconds(conf, "polling_interval", KOMBU_POLLING_INTERVAL, zero=True)
+
+    def window(self, conf: Mapping[str, Any]) -> float:
         """How long the collection stays open after the hello."""
-        return self.neighbour_latency + self.margin
+        return self.latency(conf) + self.margin
 
 
-def load_settings(app: Any) -> SqsSettings:
-    """Read :class:`SqsSettings` from ``app.conf``; a bad value is logged and its default used."""
-    conf = app.conf
-    own: Mapping[str, Any] = (conf.get("mingle_plugin_settings") or {}).get(PLUGIN_NAME) or {}
-    options = conf.get("broker_transport_options") or {}
-    interval = plugin_seconds(
-        PLUGIN_NAME, "polling_interval", options.get("polling_interval"), KOMBU_POLLING_INTERVAL, zero=True
-    )
-    wait = plugin_seconds(
-        PLUGIN_NAME, "reply_wait_time_seconds", own.get("reply_wait_time_seconds"), 1, zero=True
-    )
-    stale = own.get("stale_messages", SqsSettings.stale_messages)
-    if isinstance(stale, bool) or not isinstance(stale, int) or stale < 1:
-        logger.error("mingle: sqs: stale_messages=%r is not an integer >= 1; using 10", stale)
-        stale = SqsSettings.stale_messages
-    return SqsSettings(
-        neighbour_latency=plugin_seconds(
-            PLUGIN_NAME, "neighbour_latency", own.get("neighbour_latency"), interval
-        ),
-        margin=plugin_seconds(PLUGIN_NAME, "margin", own.get("margin"), SqsSettings.margin),
-        reply_wait_time_seconds=min(round(wait), SQS_MAX_WAIT_TIME_SECONDS),
-        reply_polling_interval=plugin_seconds(
-            PLUGIN_NAME, "reply_polling_interval", own.get("reply_polling_interval"), 0.01
-        ),
-        stale_messages=stale,
-    )
+@hookimpl
+def mingle_add_settings(registry: SettingsRegistry) -> None:
+    """Declare ``mingle_plugin_settings["sqs"]``."""
+    registry.add(PLUGIN_NAME, SqsSettings)
 
 
 # -- claim -----------------------------------------------------------------------
@@ -223,32 +236,34 @@ def _reply_polling(channel: Any, wait_time_seconds: int) -> Iterator[None]:
 
 
 @hookimpl
-def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions) -> None:
+def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions, settings: MingleSettings) -> None:
     """A reply queue of our own by the default exchange; open one neighbour round plus margin."""
     if driver_type != DRIVER_TYPE:
         return
-    settings = load_settings(app)
-    options.allow_late_replies(settings.window, settings.reply_polling_interval)
+    own = settings.plugin(SqsSettings)
+    options.allow_late_replies(own.window(app.conf), own.reply_polling_interval)
     # 29 characters of letters, digits and "-": a valid SQS name, kept by kombu's translation.
     options.reply_queue = f"mingle-reply-{uuid.uuid4().hex[:16]}"
     logger.debug(
         "mingle: sqs: neighbours read their pidbox within %.3fs; collecting for up to %.3fs",
-        settings.neighbour_latency,
+        own.latency(app.conf),
         options.timeout,
     )
 
 
 @hookimpl
-def mingle_send_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Mapping[str, Any] | None:
+def mingle_send_hello(
+    consumer: WorkerConsumer, revoked: Any, options: HelloOptions, settings: MingleSettings
+) -> Mapping[str, Any] | None:
     """The core's pidbox hello, with a short long poll; the reply queue is deleted afterwards."""
-    from mingle_plugins.wire import hello_exchange
+    from mingle_plugins.collect import hello_exchange
 
     from .transport import delete_queue
 
     connection = consumer.connection
     if connection.transport.driver_type != DRIVER_TYPE or options.reply_queue is None:
         return None
-    settings = load_settings(consumer.app)
+    own = settings.plugin(SqsSettings)
     channel = connection.default_channel
     try:
         predefined = _check_names(channel, consumer.app.control.mailbox, consumer.hostname)
@@ -259,7 +274,7 @@ def mingle_send_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Map
     if predefined is not None:
         options.reply_queue = predefined  # reused at every mingle of this node: never deleted
     try:
-        with _reply_polling(channel, settings.reply_wait_time_seconds):
+        with _reply_polling(channel, own.reply_wait_time_seconds):
             return hello_exchange(consumer, revoked, options)
     finally:
         if predefined is None:
@@ -313,16 +328,16 @@ def count_listeners(channel: Any, mailbox: Any, hostname: str, stale_messages: i
 
 
 @hookimpl
-def mingle_expected_replies(consumer: Any, driver_type: str) -> int | None:
+def mingle_expected_replies(
+    consumer: WorkerConsumer, driver_type: str, settings: MingleSettings
+) -> int | None:
     """The number of other live queues subscribed to the pidbox SNS topic."""
     if driver_type != DRIVER_TYPE:
         return None
-    settings = load_settings(consumer.app)
+    stale_messages = settings.plugin(SqsSettings).stale_messages
     channel = consumer.connection.default_channel
     try:
-        count = count_listeners(
-            channel, consumer.app.control.mailbox, consumer.hostname, settings.stale_messages
-        )
+        count = count_listeners(channel, consumer.app.control.mailbox, consumer.hostname, stale_messages)
     except Exception as exc:  # an AWS error: the count is unknown, the window applies
         logger.warning("mingle: sqs: cannot count the pidbox topic's subscriptions: %r", exc)
         return None

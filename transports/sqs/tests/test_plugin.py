@@ -20,7 +20,7 @@ from celery import Celery
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import mingle_sqs as plugin
-from mingle_plugins import HelloOptions
+from mingle_plugins import HelloOptions, MingleSettings, SettingsRegistry, load_settings
 from tests.support import services
 
 PLUGIN_TRANSPORT = "mingle_sqs.transport:Transport"
@@ -33,22 +33,35 @@ def app_with(**conf: Any) -> Celery:
     return app
 
 
+def resolved(app: Celery) -> MingleSettings:
+    """The settings as a worker resolves them: the plugin's declaration, parsed by the core."""
+    registry = SettingsRegistry()
+    plugin.mingle_add_settings(registry=registry)
+    settings, _ = load_settings(app.conf, environ={})
+    return registry.resolve(settings)[0]
+
+
+def own(app: Celery) -> plugin.SqsSettings:
+    return resolved(app).plugin(plugin.SqsSettings)
+
+
 # -- settings and claim (no server) ---------------------------------------------------
 
 
 def test_settings_default_to_the_polling_interval() -> None:
-    s = plugin.load_settings(app_with())
-    assert (s.neighbour_latency, s.margin, s.reply_wait_time_seconds, s.stale_messages) == (1.0, 0.5, 1, 10)
-    fast = plugin.load_settings(app_with(broker_transport_options={"polling_interval": 0.2}))
-    assert fast.window == pytest.approx(0.7)
-    own = app_with(mingle_plugin_settings={"sqs": {"neighbour_latency": 3, "reply_wait_time_seconds": 50}})
-    assert plugin.load_settings(own).window == 3.5
-    assert plugin.load_settings(own).reply_wait_time_seconds == 20  # SQS's maximum
+    app = app_with()
+    s = own(app)
+    assert (s.latency(app.conf), s.margin, s.reply_wait_time_seconds, s.stale_messages) == (1.0, 0.5, 1, 10)
+    fast = app_with(broker_transport_options={"polling_interval": 0.2})
+    assert own(fast).window(fast.conf) == pytest.approx(0.7)
+    forced = app_with(mingle_plugin_settings={"sqs": {"neighbour_latency": 3, "reply_wait_time_seconds": 50}})
+    assert own(forced).window(forced.conf) == 3.5
+    assert own(forced).reply_wait_time_seconds == 20  # SQS's maximum
 
 
 def test_bad_settings_fall_back(caplog: pytest.LogCaptureFixture) -> None:
     app = app_with(mingle_plugin_settings={"sqs": {"margin": -1, "stale_messages": "many"}})
-    s = plugin.load_settings(app)
+    s = own(app)
     assert (s.margin, s.stale_messages) == (0.5, 10)
     assert "margin=-1" in caplog.text and "stale_messages='many'" in caplog.text
 
@@ -87,13 +100,13 @@ def test_claims_with_fanout_and_the_plugin_transport() -> None:
 def test_tune_sets_the_window_and_a_valid_reply_queue() -> None:
     options = HelloOptions(timeout=1.0)
     app = app_with(broker_transport_options={"polling_interval": 2})
-    plugin.mingle_tune_hello(app=app, driver_type="sqs", options=options)
+    plugin.mingle_tune_hello(app=app, driver_type="sqs", options=options, settings=resolved(app))
     assert (options.timeout, options.quiet_window, options.polling_interval) == (2.5, 2.5, 0.01)
     name = options.reply_queue
     assert name is not None and name.startswith("mingle-reply-") and len(name) == 29
     assert name.replace("-", "").isalnum()  # SQS: letters, digits, "-" and "_"
     other = HelloOptions()
-    plugin.mingle_tune_hello(app=app, driver_type="redis", options=other)
+    plugin.mingle_tune_hello(app=app, driver_type="redis", options=other, settings=resolved(app))
     assert other == HelloOptions()
 
 
@@ -145,7 +158,12 @@ def test_send_hello_without_the_predefined_queues_sends_nothing(caplog: pytest.L
     with app.connection_for_read() as conn:
         consumer = SimpleNamespace(connection=conn, app=app, hostname="w1@host")
         options = HelloOptions(reply_queue="mingle-reply-0123456789abcdef")
-        assert plugin.mingle_send_hello(consumer=consumer, revoked=[], options=options) == {}
+        assert (
+            plugin.mingle_send_hello(
+                consumer=consumer, revoked=[], options=options, settings=MingleSettings()
+            )
+            == {}
+        )
     assert "lacks 'w1_host-celery-pidbox', 'w1@host.celery.pidbox', 'w1_host-celery-mingle'" in caplog.text
     assert "no hello sent" in caplog.text
 
@@ -249,7 +267,7 @@ def test_count_listeners_leaves_out_self_dead_and_gone(moto: Any) -> None:
 def test_send_hello_deletes_its_reply_queue_when_the_hello_fails(
     moto: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mingle_plugins.wire
+    import mingle_plugins.collect
 
     app = app_with(broker_transport_options={"supports_fanout": True})
     seen: dict[str, Any] = {}
@@ -261,12 +279,14 @@ def test_send_hello_deletes_its_reply_queue_when_the_hello_fails(
         seen["declared"] = chan.canonical_queue_name(options.reply_queue) in queue_names(moto)
         raise RuntimeError("SNS publish failed")
 
-    monkeypatch.setattr(mingle_plugins.wire, "hello_exchange", failing_hello)
+    monkeypatch.setattr(mingle_plugins.collect, "hello_exchange", failing_hello)
     with connect(moto, wait_time_seconds=3) as conn:
         consumer = SimpleNamespace(connection=conn, app=app, hostname="me@h")
         options = HelloOptions(reply_queue=f"mingle-reply-{uuid.uuid4().hex[:16]}")
         with pytest.raises(RuntimeError, match="SNS publish failed"):
-            plugin.mingle_send_hello(consumer=consumer, revoked=[], options=options)
+            plugin.mingle_send_hello(
+                consumer=consumer, revoked=[], options=options, settings=MingleSettings()
+            )
         assert seen == {"wait": 1, "declared": True}
         assert options.reply_queue not in queue_names(moto)
         assert conn.default_channel.wait_time_seconds == 3  # the transport's own value again
