@@ -84,6 +84,7 @@ class HelloCollector:
         self._requests: dict[str, dict[str, Any]] = {}
         self._malformed = 0
         self._consumer: Any = None
+        self._published = False
         self._saved_interval: Any = None
 
     def __enter__(self) -> HelloCollector:
@@ -97,6 +98,10 @@ class HelloCollector:
         try:
             if self._consumer is not None:
                 self._consumer.cancel()
+            if self._published:
+                # The publish declared the reply queue (kombu's ``_publish`` does, on a reply
+                # ticket), also when no reply was awaited: delete it and its binding, or the
+                # binding stays in the broker (on Redis, a member of ``_kombu.binding.reply.*``).
                 self.chan.after_reply_message_received(self.reply_queue.name)
         finally:
             if self.options.polling_interval is not None and self._saved_interval is not None:
@@ -133,6 +138,7 @@ class HelloCollector:
             self._add_malformed(replies, Malformed(decode_error_reason(exc)))
 
     def _publish(self, arguments: dict[str, Any], destination: list[str] | None, ticket: str) -> None:
+        self._published = True
         if self.options.reply_queue is None:
             # The call Celery's broadcast makes, without its collector; our own producer
             # on ``chan``: the mailbox's pooled one would use another connection.
