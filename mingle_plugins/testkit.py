@@ -179,6 +179,7 @@ class Cluster:
             while worker.proc.poll() is None and not set(ids) <= self.revoked(worker.nodename):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{worker.nodename} did not get the {len(ids)} revoked ids")
+                time.sleep(0.1)
         return ids
 
     def revoked(self, nodename: str, timeout: float = 5.0) -> set[str]:
