@@ -193,14 +193,18 @@ class Cluster:
         return int(reply[nodename]["clock"])
 
     def status(self, nodename: str, timeout: float = 2.0, tries: int = 3) -> dict[str, Any] | None:
-        """The node's ``mingle_status`` reply, or ``None`` (a stock worker does not answer it)."""
+        """The node's ``mingle_status`` reply, or ``None``: a stock worker has no such command
+        (and a node that does not answer is asked ``tries`` times)."""
         for _ in range(tries):
             replies = self.client.control.broadcast(
                 STATUS_COMMAND, reply=True, timeout=timeout, destination=[nodename], limit=1
             )
             for reply in replies or ():
-                if isinstance(reply, Mapping) and isinstance(reply.get(nodename), Mapping):
-                    return dict(reply[nodename])
+                answer = reply.get(nodename) if isinstance(reply, Mapping) else None
+                if isinstance(answer, Mapping) and "last" in answer:
+                    return dict(answer)
+                if isinstance(answer, Mapping):  # {"error": "No such command ..."}: a stock worker
+                    return None
         return None
 
     def summary(self, nodename: str, timeout: float = 2.0) -> MingleSummary | None:
