@@ -7,7 +7,8 @@ logging to ``<folder>/<node>.log``. Each cluster gets its own
 answer its hello. :meth:`Cluster.filesystem` needs no server at all::
 
     cluster = Cluster.filesystem(tmp_path)
-    cluster.start("one@test"), cluster.start("two@test")
+    cluster.start("one@test")
+    cluster.start("two@test")
     cluster.revoke(["an-id"])
     summary = cluster.newcomer("new@test")      # a MingleSummary
     assert summary.ids_merged == 1
@@ -23,7 +24,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,17 +166,26 @@ class Cluster:
         raise AssertionError(f"{nodename} does not answer pings after {timeout}s")
 
     def revoke(
-        self, ids: Iterable[str], *, wait: bool = True, timeout: float = 60.0, batch: int = 1000
+        self,
+        ids: Iterable[str],
+        *,
+        destination: Sequence[str] | None = None,
+        wait: bool = True,
+        timeout: float = 60.0,
+        batch: int = 1000,
     ) -> list[str]:
-        """Revoke ``ids`` on every worker (``app.control.revoke``, ``batch`` ids a message).
+        """Revoke ``ids`` (``app.control.revoke``, ``batch`` ids a message) on every worker,
+        or on the ``destination`` nodes only.
 
-        With ``wait``, return once every running worker lists all of them in ``inspect revoked``.
+        With ``wait``, return once each of those still running lists all of them in ``inspect revoked``.
         """
         ids = list(ids)
         for i in range(0, len(ids), batch):
-            self.client.control.revoke(ids[i : i + batch])
+            self.client.control.revoke(ids[i : i + batch], destination=destination)
         deadline = time.monotonic() + timeout
         for worker in self.workers if wait else ():
+            if destination is not None and worker.nodename not in destination:
+                continue
             while worker.proc.poll() is None and not set(ids) <= self.revoked(worker.nodename):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{worker.nodename} did not get the {len(ids)} revoked ids")

@@ -27,17 +27,19 @@ def test_newcomer_summary_on_filesystem(mingle_cluster: MakeCluster) -> None:
     cluster.start("two@kit")
     ids = cluster.revoke([str(uuid.uuid4()) for _ in range(3)])
     assert all(set(ids) <= cluster.revoked(n) for n in ("one@kit", "two@kit"))  # revoke() waited
+    only_one = cluster.revoke([str(uuid.uuid4())], destination=["one@kit"])
+    assert set(only_one) <= cluster.revoked("one@kit") and not set(only_one) & cluster.revoked("two@kit")
 
     summary = cluster.newcomer("new@kit", conf={"mingle_profile": "fast"})
     assert isinstance(summary, MingleSummary)
     assert summary.hostname == "new@kit" and summary.transport == "filesystem"
     assert sorted(summary.merged_from) == ["one@kit", "two@kit"]
-    assert (summary.ids_merged, summary.revoked_after, summary.rejected) == (3, 3, {})
+    assert (summary.ids_merged, summary.revoked_after, summary.rejected) == (4, 4, {})
     assert summary.clock_after > summary.clock_before
     assert "filesystem" in summary.plugins
-    assert set(ids) <= cluster.revoked("new@kit")
+    assert {*ids, *only_one} <= cluster.revoked("new@kit")
     log = cluster.worker("new@kit").log()
-    assert "mingle: summary: 2 neighbours, 2 merged, 3 ids merged, 0 rejected" in log
+    assert "mingle: summary: 2 neighbours, 2 merged, 4 ids merged, 0 rejected" in log
 
 
 def test_mixed_cluster_and_statedb(mingle_cluster: MakeCluster, tmp_path: Path) -> None:
