@@ -7,8 +7,14 @@ needs the filesystem transport plugin (``pip install ./transports/filesystem``
 in the celery-mingle-plugins checkout), without which the ``filesystem``
 transport is not claimed and no worker would mingle.
 
-Every worker runs in its own process group; they are stopped and the folder
-is removed on exit, on Ctrl-C and on SIGTERM/SIGHUP.
+The workers are started by :mod:`mingle_plugins.testkit` (the launcher of the
+tests, see docs/testing-plugins.md), each in its own process group; they are
+stopped and the folder is removed on exit, on Ctrl-C and on SIGTERM/SIGHUP.
+
+The newcomer's clock is shown twice: ``CLOCK before->after`` of its mingle
+(``celery mingle status``), then ``inspect clock``, which is higher by one for
+each control message the worker received since (Celery moves a worker's clock
+on every message of its pidbox, the ``inspect`` itself included).
 """
 
 from __future__ import annotations
