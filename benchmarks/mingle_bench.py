@@ -51,35 +51,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mingle_plugins.testkit import Cluster, Worker
+
 BROKERS: dict[str, str] = {
     "redis": "redis://127.0.0.1:6379/4",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
 }
 VARIANTS: tuple[str, ...] = ("stock", "default", "fast")
-VARIANT_ENV: dict[str, dict[str, str]] = {
-    "stock": {"MINGLE_TEST_STOCK": "1"},
+FAST: dict[str, Any] = {"mingle_profile": "fast"}
+#: How each variant's newcomer is started (keywords of ``mingle_plugins.testkit.Cluster.start``).
+VARIANT_START: dict[str, dict[str, Any]] = {
+    "stock": {"stock": True},
     "default": {},
-    "fast": {"MINGLE_BENCH_CONF": json.dumps({"mingle_profile": "fast"})},
+    "fast": {"conf": FAST},
 }
-NEIGHBOUR_ENV: dict[str, str] = {"MINGLE_BENCH_CONF": json.dumps({"mingle_profile": "fast"})}
-
-APP_TEMPLATE = """\
-import json
-import os
-
-from celery import Celery
-
-app = Celery("mingle_bench")
-app.conf.update({conf!r})
-app.conf.update(json.loads(os.environ.get("MINGLE_BENCH_CONF") or "{{}}"))
-if os.environ.get("MINGLE_TEST_STOCK"):  # this worker runs stock Celery Mingle
-    app.conf.worker_consumer = "celery.worker.consumer:Consumer"
-
-
-@app.task
-def noop():
-    return None
-"""
 
 #: ``[2026-11-25 02:21:43,123: INFO/MainProcess] mingle: ...``
 LOG_LINE = re.compile(r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}): \w+/[\w-]+\] (?P<msg>.*)$")
@@ -181,74 +166,7 @@ def proc_hwm_kb(pid: int) -> int:
 
 
 # -- workers ----------------------------------------------------------------
-
-
-class Worker:
-    """One ``celery worker -P solo`` process logging to a file."""
-
-    def __init__(
-        self,
-        directory: Path,
-        nodename: str,
-        env: Mapping[str, str],
-        python: str = sys.executable,
-        loglevel: str = "INFO",
-    ) -> None:
-        self.nodename = nodename
-        self.log_path = directory / f"{nodename.replace('@', '_')}.log"
-        self.log_path.unlink(missing_ok=True)
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), full_env.get("PYTHONPATH")]))
-        for name in ("MINGLE_TEST_STOCK", "MINGLE_BENCH_CONF"):
-            full_env.pop(name, None)
-        full_env.update(env)
-        cmd = [python, "-m", "celery", "-A", "bench_app", "worker", "-n", nodename, "-P", "solo"]
-        cmd += ["-l", loglevel, "--without-gossip", "--without-heartbeat", f"--logfile={self.log_path}"]
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=directory,
-            env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if re.search(r"\bready\.", self.log()):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        err = ""
-        if self.proc.poll() is not None and self.proc.stderr is not None:
-            err = self.proc.stderr.read().decode(errors="replace")
-        raise RuntimeError(
-            f"{self.nodename} not ready after {timeout}s:\n{self.log()[-3000:]}\n{err[-2000:]}"
-        )
-
-    def stop(self) -> None:
-        """Kill the worker: nothing of it is kept, and a warm (or cold) shutdown of a
-        ``-P solo`` worker on RabbitMQ takes ~10 s here."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+# The workers are started by mingle_plugins.testkit (the launcher of the tests and the demo).
 
 
 @dataclass
@@ -366,15 +284,16 @@ def measure_newcomer(
     fast_conf: Mapping[str, Any] | None = None,
 ) -> Measurement:
     name = f"new-{variant}-{uuid.uuid4().hex[:6]}@bench"
-    env = dict(VARIANT_ENV[variant])
+    start = dict(VARIANT_START[variant])
     if variant == "fast" and fast_conf:
-        env["MINGLE_BENCH_CONF"] = json.dumps({"mingle_profile": "fast", **fast_conf})
-    worker = Worker(bench.directory, name, env, bench.python)
+        start["conf"] = {**FAST, **fast_conf}
+    worker = bench.cluster.start(name, wait=False, **start)
     sampler = Sampler(worker, interval)
     sampler.start()
     try:
         if not sampler.ready.wait(90):
             worker.wait_ready(1)  # raises with the log
+            raise RuntimeError(f"{name} is ready, but its log was not sampled ({sampler.error})")
         sampler.join(5)
         wall_ms, rx, rchar, cpu_ms, nodes, max_lag = summarise(sampler)
         step_cpu_ms = ids_merged = None
@@ -402,76 +321,49 @@ def measure_newcomer(
         )
     finally:
         sampler.stop_flag.set()
-        worker.stop()
+        bench.cluster.stop_node(name, signal.SIGKILL)
         worker.log_path.unlink(missing_ok=True)
+        worker.out_path.unlink(missing_ok=True)
 
 
 # -- one broker -------------------------------------------------------------
 
 
 class BrokerBench:
-    """The app directory, the neighbours and a client app for one broker."""
+    """The app directory, the neighbours and a client app for one broker.
+
+    Workers are stopped with SIGKILL: nothing of them is kept, and a warm (or cold)
+    shutdown of a ``-P solo`` worker on RabbitMQ takes ~10 s here.
+    """
 
     def __init__(self, broker: str, url: str, root: Path, python: str) -> None:
-        from celery import Celery
-
         self.broker = broker
         self.python = python
         self.directory = root / broker
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.conf: dict[str, Any] = {
-            "broker_url": url,
-            "control_exchange": f"minglebench-{uuid.uuid4().hex[:10]}",
-            "worker_consumer": "mingle_plugins.consumer:Consumer",
-            "broker_connection_retry_on_startup": True,
-            "worker_hijack_root_logger": True,
-        }
-        (self.directory / "bench_app.py").write_text(APP_TEMPLATE.format(conf=self.conf))
-        self.client = Celery("bench-client")
-        self.client.conf.update({k: v for k, v in self.conf.items() if k != "worker_consumer"})
+        self.cluster = Cluster.create(self.directory, url, python=python, app="bench_app")
+        self.client = self.cluster.client
         self.neighbours: list[Worker] = []
         self.revoked = 0
 
     def set_neighbours(self, n: int) -> None:
         while len(self.neighbours) > n:
-            self.neighbours.pop().stop()
+            self.cluster.stop_node(self.neighbours.pop().nodename, signal.SIGKILL)
         while len(self.neighbours) < n:
-            worker = Worker(
-                self.directory, f"neighbour{len(self.neighbours) + 1}@bench", NEIGHBOUR_ENV, self.python
-            )
-            self.neighbours.append(worker)
-            worker.wait_ready()
+            name = f"neighbour{len(self.neighbours) + 1}@bench"
+            self.neighbours.append(self.cluster.start(name, conf=FAST, timeout=60))
 
     def revoke(self, count: int, batch: int = 1000) -> None:
-        ids = [str(uuid.uuid4()) for _ in range(count)]
-        for i in range(0, count, batch):
-            self.client.control.revoke(ids[i : i + batch])
-        deadline = time.monotonic() + 120
-        for worker in self.neighbours:
-            while True:
-                reply = self.client.control.inspect(destination=[worker.nodename], timeout=10).revoked() or {}
-                held = len(reply.get(worker.nodename) or ())
-                if held >= self.revoked + count:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{worker.nodename} holds {held} revoked ids, not {count}")
-                time.sleep(0.5)
+        """Revoke ``count`` new ids; return when every neighbour holds them."""
+        self.cluster.revoke([str(uuid.uuid4()) for _ in range(count)], batch=batch, timeout=120)
         self.revoked += count
 
     def mingle_status(self, nodename: str) -> dict[str, Any] | None:
-        for _ in range(3):
-            replies = self.client.control.broadcast(
-                "mingle_status", reply=True, timeout=1, destination=[nodename], limit=1
-            )
-            for reply in replies or ():
-                if nodename in reply:
-                    last: dict[str, Any] | None = reply[nodename].get("last")
-                    return last
-        return None
+        last = (self.cluster.status(nodename, timeout=1) or {}).get("last")
+        return dict(last) if isinstance(last, Mapping) else None
 
     def close(self) -> None:
-        self.set_neighbours(0)
-        self.client.close()
+        self.neighbours.clear()
+        self.cluster.close(grace=0)
 
 
 def run_broker(

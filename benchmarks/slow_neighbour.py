@@ -45,11 +45,11 @@ def main() -> int:
             if args.revoked:
                 bench.revoke(args.revoked)
             slow = bench.neighbours[-1]
-            env = {"MINGLE_BENCH_CONF": json.dumps({"mingle_profile": "fast", **args.conf})}
+            conf = {**mb.FAST, **args.conf}
             for i in range(args.repeat):
                 os.kill(slow.pid, signal.SIGSTOP)
                 try:
-                    newcomer = mb.Worker(bench.directory, f"late{i}@bench", env, loglevel="DEBUG")
+                    newcomer = bench.cluster.start(f"late{i}@bench", wait=False, conf=conf, loglevel="DEBUG")
                     deadline = time.monotonic() + 60
                     while "mingle: searching" not in newcomer.log() and time.monotonic() < deadline:
                         time.sleep(0.002)
@@ -64,7 +64,7 @@ def main() -> int:
                 ]
                 print(f"-- newcomer {i + 1}\n" + "\n".join(lines), flush=True)
                 heard += [line for line in lines if "sync with" in line]
-                newcomer.stop()
+                bench.cluster.stop_node(newcomer.nodename, signal.SIGKILL)
         finally:
             for worker in bench.neighbours:
                 try:

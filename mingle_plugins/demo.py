@@ -7,19 +7,23 @@ needs the filesystem transport plugin (``pip install ./transports/filesystem``
 in the celery-mingle-plugins checkout), without which the ``filesystem``
 transport is not claimed and no worker would mingle.
 
-Every worker runs in its own process group; they are stopped and the folder
-is removed on exit, on Ctrl-C and on SIGTERM/SIGHUP.
+The workers are started by :mod:`mingle_plugins.testkit` (the launcher of the
+tests, see docs/testing-plugins.md), each in its own process group; they are
+stopped and the folder is removed on exit, on Ctrl-C and on SIGTERM/SIGHUP.
+
+The newcomer's clock is shown twice: ``CLOCK before->after`` of its mingle
+(``celery mingle status``), then ``inspect clock``, which is higher by one for
+each control message the worker received since (Celery moves a worker's clock
+on every message of its pidbox, the ``inspect`` itself included).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
-import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +33,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+
+from .control import STATUS_COMMAND
+from .testkit import MINGLE_LINE, Cluster
 
 __all__ = ["EX_MISSING_PLUGIN", "INSTALL_HINT", "Demo", "main", "run_demo"]
 
@@ -42,46 +49,10 @@ INSTALL_HINT = (
 
 APP_MODULE = "mingledemo"
 
-APP_TEMPLATE = '''\
-"""The demo's Celery app (written by mingle_plugins.demo)."""
-from celery import Celery
-
-app = Celery("{module}")
-app.conf.update({conf!r})
-
-
-@app.task
-def add(x, y):
-    return x + y
-'''
-
-
-_MINGLE_LINE = re.compile(r"^\[[^\]]*\] (mingle: .*)$", re.M)
 _SUMMARY = re.compile(
     r"mingle: summary: (\d+) neighbours, (\d+) merged, (\d+) ids merged, (\d+) rejected, "
     r"([\d.]+)s"
 )
-
-
-def demo_config(folder: Path, polling_interval: float = 0.1) -> dict[str, Any]:
-    """The Celery configuration of the demo cluster in ``folder``."""
-    broker = folder / "broker"
-    return {
-        "broker_url": "filesystem://",
-        # filesystem:// with atomic message writes (kombu#1551), shipped by the filesystem plugin.
-        "broker_transport": "mingle_filesystem.transport:AtomicFilesystemTransport",
-        "broker_transport_options": {
-            "data_folder_in": str(broker),
-            "data_folder_out": str(broker),
-            "control_folder": str(folder / "control"),
-            "polling_interval": polling_interval,
-        },
-        "broker_connection_retry_on_startup": True,
-        "worker_consumer": "mingle_plugins.consumer:Consumer",
-        # The filesystem plugin counts the neighbours bound in the control folder:
-        # the collection ends when all of them answered, not after an idle second.
-        "mingle_expect_replies": True,
-    }
 
 
 def _claiming_plugin(app: Any) -> tuple[str | None, str]:
@@ -106,26 +77,21 @@ def _claiming_plugin(app: Any) -> tuple[str | None, str]:
 
 
 class Demo:
-    """The demo cluster: a folder, its worker processes, and their clean-up."""
+    """The demo cluster (a :class:`~mingle_plugins.testkit.Cluster` in a temporary folder)."""
 
     def __init__(self, neighbours: int = 3, revoke: int = 5, out: TextIO | None = None) -> None:
         self.neighbours = neighbours
         self.revoke = revoke
         self.out = out or sys.stdout
         self.folder = Path(tempfile.mkdtemp(prefix="mingle-demo-"))
-        self.config = demo_config(self.folder)
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._app: Any = None
-        self._closed = False
+        self.cluster = Cluster.filesystem(self.folder, app=APP_MODULE)
+        self.config = self.cluster.config
         #: Seconds the workers get to exit after SIGTERM before SIGKILL.
         self.grace = 0.5
+        #: Remote-control messages this demo sent (each moves every worker's clock by one).
+        self.sent: list[str] = []
+        self._closed = False
         self._lock = threading.Lock()
-        (self.folder / "broker").mkdir()
-        (self.folder / "control").mkdir()
-        (self.folder / "tmp").mkdir()
-        (self.folder / f"{APP_MODULE}.py").write_text(
-            APP_TEMPLATE.format(module=APP_MODULE, conf=self.config)
-        )
 
     # -- output ------------------------------------------------------------
 
@@ -136,113 +102,69 @@ class Demo:
 
     @property
     def app(self) -> Any:
-        if self._app is None:
-            from celery import Celery
-
-            self._app = Celery("mingle-demo-client")
-            self._app.conf.update({k: v for k, v in self.config.items() if k != "worker_consumer"})
-        return self._app
-
-    def log_path(self, node: str) -> Path:
-        return self.folder / f"{node.split('@')[0]}.log"
-
-    def log(self, node: str) -> str:
-        try:
-            return self.log_path(node).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.cluster.client
 
     def start_worker(self, node: str) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.folder), env.get("PYTHONPATH")]))
-        # kombu's filesystem transport moves each message it reads to the temporary
-        # folder before deleting it: keep those files in the demo's folder too.
-        env["TMPDIR"] = str(self.folder / "tmp")
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            APP_MODULE,
-            "worker",
-            "-n",
-            node,
-            "-P",
-            "solo",
-            "-l",
-            "INFO",
-            "--without-gossip",
-            "--without-heartbeat",
-            f"--logfile={self.log_path(node)}",
-        ]
-        with open(self.folder / f"{node.split('@')[0]}.out", "wb") as output:
-            self.procs[node] = subprocess.Popen(
-                cmd,
-                cwd=self.folder,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.cluster.start(node, wait=False)
 
     def wait_ready(
         self, nodes: Sequence[str], timeout: float = 60.0, on_line: Callable[[str, str], None] | None = None
     ) -> None:
-        """Wait for ``ready.`` in the logs; ``on_line(node, line)`` for each new ``mingle:`` line."""
+        """Wait for ``ready.`` in the logs; ``on_line(node, line)`` for each new ``mingle:`` line.
+
+        The logs tell; no control message is sent, so no worker's clock moves.
+        """
         seen = dict.fromkeys(nodes, 0)
         pending = set(nodes)
         deadline = time.monotonic() + timeout
         while pending:
             for node in sorted(pending):
-                log = self.log(node)
+                worker = self.cluster.worker(node)
+                log = worker.log()
                 if on_line is not None:
-                    lines = _MINGLE_LINE.findall(log)
+                    lines = [m["msg"] for m in MINGLE_LINE.finditer(log)]
                     for line in lines[seen[node] :]:
                         on_line(node, line)
                     seen[node] = len(lines)
                 if re.search(r"\bready\.", log):
                     pending.discard(node)
-                elif self.procs[node].poll() is not None:
+                elif worker.proc.poll() is not None:
                     raise DemoFailed(
-                        f"{node} exited with status {self.procs[node].returncode}:\n" + self._tail(node)
+                        f"{node} exited with status {worker.proc.returncode}:\n{worker.tail(20)}"
                     )
             if pending and time.monotonic() > deadline:
                 raise DemoFailed(
                     f"{', '.join(sorted(pending))} not ready after {timeout:.0f}s:\n"
-                    + "\n".join(self._tail(n) for n in sorted(pending))
+                    + "\n".join(self.cluster.worker(n).tail(20) for n in sorted(pending))
                 )
             time.sleep(0.05)
 
-    def _tail(self, node: str) -> str:
-        out = ""
-        try:
-            out = (self.folder / f"{node.split('@')[0]}.out").read_text(errors="replace")
-        except FileNotFoundError:
-            pass
-        return "\n".join((self.log(node) + out).splitlines()[-20:])
+    def inspect(self, command: str, nodes: Sequence[str], timeout: float = 1.0) -> dict[str, Any]:
+        """``inspect <command>`` of ``nodes`` in one broadcast (counted in :attr:`sent`)."""
+        self.sent.append(f"inspect {command}")
+        inspect = self.app.control.inspect(destination=list(nodes), timeout=timeout)
+        return dict(getattr(inspect, command)() or {})
 
-    def inspect(self, nodes: Sequence[str], timeout: float = 1.0) -> Any:
-        return self.app.control.inspect(destination=list(nodes), timeout=timeout)
-
-    def clock_of(self, node: str, timeout: float = 10.0) -> int:
-        """``inspect clock`` of one node, asked again until it answers (-1: never)."""
+    def ask(self, command: str, nodes: Sequence[str], timeout: float = 10.0) -> dict[str, Any]:
+        """``inspect <command>``, asked again until every node answered (or ``timeout``)."""
         deadline = time.monotonic() + timeout
+        replies: dict[str, Any] = {}
         while True:
-            reply = self.inspect([node]).clock() or {}
-            if node in reply or time.monotonic() > deadline:
-                return int(reply[node]["clock"]) if node in reply else -1
+            replies.update(self.inspect(command, [n for n in nodes if n not in replies]))
+            if set(nodes) <= set(replies) or time.monotonic() > deadline:
+                return replies
 
-    def ask_newcomer(self, node: str, ids: Sequence[str], timeout: float = 10.0) -> tuple[set[str], int]:
-        """The revoked ids (of ``ids``) and the clock of ``node``, as ``inspect`` says."""
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self.inspect([node]).revoked() or {}
-            if node in reply or time.monotonic() > deadline:
-                break
-        return set(ids) & set(reply.get(node) or ()), self.clock_of(
-            node, max(1.0, deadline - time.monotonic())
-        )
+    def clocks(self, nodes: Sequence[str]) -> dict[str, int]:
+        """``inspect clock`` of ``nodes`` (-1: no answer)."""
+        replies = self.ask("clock", nodes)
+        return {n: int(replies[n]["clock"]) if n in replies else -1 for n in nodes}
+
+    def status(self, node: str) -> dict[str, Any]:
+        """``celery mingle status`` of ``node``: a ``mingle_status`` broadcast, then a ``ping``."""
+        from .cli import query_status
+
+        self.sent += [STATUS_COMMAND, "ping"]
+        return query_status(self.app, timeout=1.0, destination=[node])
 
     # -- clean-up ------------------------------------------------------------
 
@@ -259,19 +181,7 @@ class Demo:
                 signal.signal(sig, signal.SIG_IGN)
         # A worker on a polling transport takes ~4 s to shut down; the demo's
         # workers have nothing to save, so they get a short grace, then SIGKILL.
-        for proc in self.procs.values():
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.01, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(10)
-        for proc in self.procs.values():  # children a worker may have left behind
-            _signal_group(proc, signal.SIGKILL)
-        if self._app is not None:
-            self._app.close()
+        self.cluster.close(grace=self.grace)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- the story -------------------------------------------------------------
@@ -306,51 +216,67 @@ class Demo:
         deadline = time.monotonic() + 15.0
         missing = set(names)
         while missing and time.monotonic() < deadline:
-            reply = self.inspect(sorted(missing), timeout=0.5).revoked() or {}
+            reply = self.inspect("revoked", sorted(missing), timeout=0.5)
             missing = {n for n in missing if not set(ids) <= set(reply.get(n) or ())}
         if missing:
             self.say(f"  {', '.join(sorted(missing))} did not get the revokes")
             return 1
-        clocks = {n: self.clock_of(n) for n in names}
-        top = max(clocks.values())
+        top = max(self.clocks(names).values())
         self.say(f"  every worker has them; highest clock: {top}")
 
         self.say(f"starting {newcomer}; its mingle log:")
         self.start_worker(newcomer)
         self.wait_ready([newcomer], on_line=lambda node, line: self.say(f"  | {line}"))
-        match = _SUMMARY.search(self.log(newcomer))
+        match = _SUMMARY.search(self.cluster.worker(newcomer).log())
         took = float(match[5]) if match else float("nan")
+        sent_before = len(self.sent)
 
-        learnt, clock = self.ask_newcomer(newcomer, ids)
-        self.say(f"inspect revoked: {newcomer} has {len(learnt)} of the {len(ids)} revoked ids")
-        self.say(f"inspect clock:   {newcomer} is at {clock} (neighbours were at most {top})")
-        from .cli import print_status, query_status
+        from .cli import print_status
 
         self.say("celery mingle status:")
-        result = query_status(self.app, timeout=1.0, destination=[newcomer])
+        result = self.status(newcomer)
         if result["workers"]:
             print_status(result)
-        ok = len(learnt) == len(ids) and clock > top
+        last = (result["workers"].get(newcomer) or {}).get("last") or {}
+        after = int(last.get("clock_after", -1))
+        self.say(
+            f"  CLOCK {last.get('clock_before')}->{after}: its Lamport clock before and after its mingle; "
+            f"its neighbours were at most at {top}"
+        )
+        learnt = set(ids) & set(self.ask("revoked", [newcomer]).get(newcomer) or ())
+        self.say(f"inspect revoked: {newcomer} has {len(learnt)} of the {len(ids)} revoked ids")
+        clock = self.clocks([newcomer])[newcomer]
+        self.say(
+            f"inspect clock:   {newcomer} is at {clock} = {after} after its mingle "
+            + _moved(clock - after, self.sent[sent_before:])
+        )
+        ok = len(learnt) == len(ids) and after > top
         if ok:
             self.say(
                 f"OK: the newcomer learnt the {len(ids)} revoked ids and the clock from its "
                 f"neighbours; its mingle took {took:.3f}s"
             )
         else:
-            self.say("FAILED: the newcomer did not learn everything; its log:\n" + self._tail(newcomer))
-        self.say(f"demo took {time.monotonic() - started:.1f}s; stopping {len(self.procs)} workers")
+            tail = self.cluster.worker(newcomer).tail(20)
+            self.say("FAILED: the newcomer did not learn everything; its log:\n" + tail)
+        self.say(f"demo took {time.monotonic() - started:.1f}s; stopping {len(self.cluster.workers)} workers")
         return 0 if ok else 1
+
+
+def _moved(ticks: int, sent: Sequence[str]) -> str:
+    """Why a worker's clock moved ``ticks`` since its mingle, when this demo sent ``sent`` since:
+    Celery moves a worker's clock by one for each control message it receives (for any node)."""
+    why = "each moves a worker's clock by one"
+    if ticks == len(sent):
+        return f"+ {ticks} control messages received since\n                 ({', '.join(sent)}): {why}"
+    return (
+        f"+ {ticks} control messages received since ({why});\n                 "
+        f"this demo sent {len(sent)} of them ({', '.join(sent)})"
+    )
 
 
 class DemoFailed(Exception):
     """A worker of the demo did not start."""
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_demo(workers: int = 3, revoke: int = 5) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import services
-from tests.support.workers import Cluster, write_app
+from tests.support.workers import Cluster
 
 BROKERS = ("redis", "rabbitmq")
 
@@ -49,8 +49,7 @@ def make_cluster(tmp_path: Path) -> Iterator[object]:
         directory: Path | None = None,
     ) -> Cluster:
         directory = directory or tmp_path / f"cluster{len(clusters)}"
-        config = write_app(directory, broker, conf)
-        cluster = Cluster(directory, config, python)
+        cluster = Cluster.create(directory, broker, conf, python=python)
         clusters.append(cluster)
         return cluster
 

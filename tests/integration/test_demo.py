@@ -102,9 +102,23 @@ def test_demo_end_to_end(demo_python: Path, tmp_path: Path, how: str) -> None:
     )
     # What inspect says afterwards.
     assert "inspect revoked: newcomer@mingle-demo has 5 of the 5 revoked ids" in out
-    clock, top = map(int, re.search(r"is at (\d+) \(neighbours were at most (\d+)\)", out).groups())
-    assert clock > top
-    assert re.search(r"^newcomer@mingle-demo\s+on\s+filesystem\s+3\s+5\s+0\s", out, re.M)
+    row = re.search(r"^newcomer@mingle-demo\s+on\s+filesystem\s+3\s+5\s+0\s+\S+\s+(\d+)->(\d+)\s", out, re.M)
+    assert row, out
+    before, after = int(row[1]), int(row[2])
+    assert f"  CLOCK {before}->{after}: its Lamport clock before and after its mingle" in out
+    top = int(re.search(r"its neighbours were at most at (\d+)$", out, re.M)[1])
+    assert before < top < after  # it learnt a clock past every neighbour's
+    # inspect clock (later) agrees with the table: one more per control message received since.
+    told = re.search(
+        r"is at (\d+) = (\d+) after its mingle \+ (\d+) control messages received since\n"
+        r" +\(([^)]*)\): each moves a worker's clock by one$",
+        out,
+        re.M,
+    )
+    assert told, out
+    clock, after_again, ticks, sent = int(told[1]), int(told[2]), int(told[3]), told[4].split(", ")
+    assert after_again == after and clock == after + ticks and ticks == len(sent)
+    assert sent[:2] == ["mingle_status", "ping"] and sent[-1] == "inspect clock"
     assert "OK: the newcomer learnt the 5 revoked ids and the clock" in out
     assert folder_of(out).parent == tmp_path / "tmp"
     assert_cleaned_up(folder_of(out))

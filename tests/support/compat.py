@@ -7,12 +7,9 @@ broker and one ``control_exchange``: two app modules, ``stock.py`` and ``ours.py
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
-import os
 import shutil
-import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,20 +145,6 @@ class MixedCluster(Cluster):
         if wait:
             worker.wait_ready(timeout)
         return worker
-
-    def stop_node(self, nodename: str) -> None:
-        """Stop every worker of that node name (and forget them)."""
-        for worker in [w for w in self.workers if w.nodename == nodename]:
-            worker.stop()
-            self.workers.remove(worker)
-
-    def close(self) -> None:
-        """Stop every worker: all signalled at once, then each waited for."""
-        for worker in self.workers:
-            if worker.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.proc.pid, signal.SIGTERM)
-        super().close()
 
     def bump_clocks(self, messages: int) -> None:
         """Move the clock of every running worker forward by about ``messages``.
