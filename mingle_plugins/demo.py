@@ -50,8 +50,8 @@ INSTALL_HINT = (
 APP_MODULE = "mingledemo"
 
 _SUMMARY = re.compile(
-    r"mingle: summary: (\d+) neighbours, (\d+) merged, (\d+) ids merged, (\d+) rejected, "
-    r"([\d.]+)s"
+    r"mingle: summary: (\d+) neighbours, (\d+) accepted, (\d+) ids merged, \d+ dropped by policy, "
+    r"(\d+) rejected, ([\d.]+)s"
 )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .model import MingleSummary
+from .model import MingleSummary, NodeOutcome
 
 __all__ = [
     "APP_TEMPLATE",
@@ -124,7 +124,13 @@ def client_app(config: Mapping[str, Any]) -> Any:
 def summary_from_dict(data: Mapping[str, Any]) -> MingleSummary:
     """A :class:`MingleSummary` from its ``as_dict()`` (keys this version does not know are left out)."""
     known = {f.name for f in dataclasses.fields(MingleSummary)}
-    return MingleSummary(**{k: v for k, v in data.items() if k in known})
+    fields = {k: v for k, v in data.items() if k in known}
+    outcome_fields = {f.name for f in dataclasses.fields(NodeOutcome)}
+    fields["nodes"] = {
+        node: NodeOutcome(**{k: v for k, v in outcome.items() if k in outcome_fields})
+        for node, outcome in (fields.get("nodes") or {}).items()
+    }
+    return MingleSummary(**fields)
 
 
 class Worker:

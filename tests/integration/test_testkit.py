@@ -33,13 +33,14 @@ def test_newcomer_summary_on_filesystem(mingle_cluster: MakeCluster) -> None:
     summary = cluster.newcomer("new@kit", conf={"mingle_profile": "fast"})
     assert isinstance(summary, MingleSummary)
     assert summary.hostname == "new@kit" and summary.transport == "filesystem"
-    assert sorted(summary.merged_from) == ["one@kit", "two@kit"]
+    assert sorted(summary.accepted) == ["one@kit", "two@kit"]
+    assert "one@kit" in summary.merged_from  # the only one with an id the other lacks
     assert (summary.ids_merged, summary.revoked_after, summary.rejected) == (4, 4, {})
     assert summary.clock_after > summary.clock_before
     assert "filesystem" in summary.plugins
     assert {*ids, *only_one} <= cluster.revoked("new@kit")
     log = cluster.worker("new@kit").log()
-    assert "mingle: summary: 2 neighbours, 2 merged, 4 ids merged, 0 rejected" in log
+    assert "mingle: summary: 2 neighbours, 2 accepted, 4 ids merged, 0 dropped by policy, 0 rejected" in log
 
 
 def test_mixed_cluster_and_statedb(mingle_cluster: MakeCluster, tmp_path: Path) -> None:

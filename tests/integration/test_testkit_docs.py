@@ -59,5 +59,5 @@ def test_the_documented_test_passes_in_a_fresh_venv(tmp_path: Path) -> None:
     out = result.stdout + result.stderr
     print(f"\n{out}")
     assert result.returncode == 0, out
-    assert re.search(r"^PASSED test_audit.py::test_newcomer_rejects_staging$", out, re.M), out
+    assert re.search(r"^PASSED test_audit.py::test_newcomer_merges_only_from_prod$", out, re.M), out
     assert re.search(r"^1 passed", out.splitlines()[-1]), out
