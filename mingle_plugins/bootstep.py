@@ -126,7 +126,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 error("mingle: hello failed, going on without mingling: %r", exc)
                 summary.skipped = f"hello failed: {exc!r:.200}"
                 replies = {}
-            replies.update(self.extra_replies(c, replies))
+            try:
+                replies.update(self.extra_replies(c, replies))
+            except Exception as exc:  # a source must not stop the mingle
+                error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
             if replies:
                 summary.neighbours = [str(node) for node, value in replies.items() if value]
                 info("mingle: sync with %s nodes", len(summary.neighbours))

@@ -3,7 +3,7 @@ by plugins (``mingle_on_revoke``): the same path as a neighbour's reply, no spec
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -88,7 +88,25 @@ def test_an_unreached_store_is_in_the_summary_and_the_mingle_goes_on(
     assert sum("already answered" in r.getMessage() for r in caplog.records) == 2
 
 
+class Broken(Mapping[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("broken")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("broken")
+
+    def __len__(self) -> int:
+        return 1
+
+
 def test_a_bad_answer_is_ignored(consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = _step(consumer, monkeypatch)
+    step.pm.register(Hello({"w1@x": {"revoked": ["1"]}}))
+    step.pm.register(Store(Broken()), name="broken")
+    step.sync(consumer)  # the mingle goes on with the neighbours
+    assert set(state.revoked) == {"1"}
+    state.revoked.clear()
+
     step = _step(consumer, monkeypatch)
     step.pm.register(Hello({}))
     step.pm.register(Store(["not", "a", "mapping"]))  # type: ignore[arg-type]

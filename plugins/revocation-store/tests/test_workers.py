@@ -7,6 +7,7 @@ The workers run this interpreter, where the plugin is installed (its ``celery.mi
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -82,6 +83,17 @@ def test_full_restart_keeps_the_ids_and_an_offline_revoke_reaches_the_next_worke
         )
         assert done.returncode == 0, done.stderr
         assert "recorded 3 ids" in done.stdout
+        listed = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "proj", "mingle-store", "list", "--json"],
+            cwd=cluster.directory,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        ages = {row["id"]: row["age"] for row in json.loads(listed.stdout)["ids"]}
+        assert set(ages) == {*ids, *offline} and all(age >= 0 for age in ages.values())
     else:
         assert api.revoke(cluster.client, offline).recorded
 
