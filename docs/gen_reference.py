@@ -27,6 +27,7 @@ SHIPPED_PLUGINS = [
     ("mingle_filesystem", "celery-mingle-filesystem (`transports/filesystem`)"),
     ("mingle_pgmq", "celery-mingle-pgmq (`transports/pgmq`)"),
     ("mingle_sqs", "celery-mingle-sqs (`transports/sqs`)"),
+    ("mingle_store", "celery-mingle-store (`plugins/revocation-store`)"),
 ]
 
 BEGIN, END = "<!-- generated settings: begin -->", "<!-- generated settings: end -->"

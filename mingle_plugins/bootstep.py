@@ -143,6 +143,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 error("mingle: hello failed, going on without mingling: %r", exc)
                 summary.skipped = f"hello failed: {exc!r:.200}"
                 replies = {}
+            try:
+                replies.update(self.extra_replies(c, replies))
+            except Exception as exc:  # a source must not stop the mingle
+                error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
             if replies:
                 summary.neighbours = [str(node) for node, value in replies.items() if value]
                 info("mingle: sync with %s nodes", len(summary.neighbours))
@@ -250,6 +254,46 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         replies = dict(replies)
         replies.pop(c.hostname, None)  # delete my own response
         return replies
+
+    def extra_replies(self, c: Any, replies: Mapping[str, Any]) -> dict[str, Any]:
+        """The bodies of ``mingle_extra_replies`` (e.g. a revocation store), by source name.
+
+        A source whose body is ``None`` was not reached: it is listed in the summary.
+        """
+        extra: dict[str, Any] = {}
+        with self.mingle_round(c) as rnd:
+            for result in self.runner.each("mingle_extra_replies", consumer=c, settings=self.settings):
+                if result.value is None:
+                    continue
+                if not isinstance(result.value, Mapping):
+                    error(
+                        "mingle: plugin %r returned a %s from mingle_extra_replies, not a mapping; ignored",
+                        result.plugin,
+                        type(result.value).__name__,
+                    )
+                    continue
+                for name, body in result.value.items():
+                    if name in replies or name in extra or name == c.hostname:
+                        error(
+                            "mingle: plugin %r answered as %s, already answered; ignored",
+                            result.plugin,
+                            shown(name),
+                        )
+                    elif body is None:
+                        rnd.summary.sources_unreached.append(shown(name, 255))
+                    else:
+                        extra[name] = body
+        return extra
+
+    def on_revoke(self, c: Any, ids: tuple[str, ...], terminate: bool) -> None:
+        """Tell the ``mingle_on_revoke`` plugins about a ``revoke`` command (never raises)."""
+        try:
+            for _ in self.runner.each(
+                "mingle_on_revoke", consumer=c, ids=ids, terminate=terminate, settings=self.settings
+            ):
+                pass
+        except Exception as exc:  # the revoke itself already stands
+            error("mingle: mingle_on_revoke failed: %r", exc)
 
     def on_node_reply(self, c: Any, nodename: str, reply: Any) -> None:
         debug("mingle: processing reply from %s", shown(nodename))

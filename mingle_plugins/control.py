@@ -1,4 +1,5 @@
-"""Remote-control commands this worker answers: ``mingle_status``, and the checked ``hello``.
+"""Remote-control commands this worker answers: ``mingle_status``, the checked ``hello``, and
+``revoke`` seen by the ``mingle_on_revoke`` plugins.
 
 They are installed on *this worker's* pidbox node (a copy of Celery's handler
 table, per consumer), never in Celery's global ``Panel`` registry.
@@ -16,7 +17,7 @@ from .answer import make_hello
 if TYPE_CHECKING:
     from .bootstep import Mingle
 
-__all__ = ["CONTROL_STEP", "STATUS_COMMAND", "install_handlers", "status_reply"]
+__all__ = ["CONTROL_STEP", "STATUS_COMMAND", "install_handlers", "make_revoke", "status_reply"]
 
 logger = get_logger(__name__)
 
@@ -47,6 +48,22 @@ def status_reply(step: Mingle) -> dict[str, Any]:
     }
 
 
+def make_revoke(step: Mingle, stock_revoke: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the stock ``revoke`` handler: after it, the ``mingle_on_revoke`` plugins see the ids."""
+
+    def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any) -> Any:
+        answer = stock_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
+        given = task_id if isinstance(task_id, (list, tuple, set)) else [task_id]
+        limit = step.settings.max_id_length
+        ids = tuple(dict.fromkeys(i for i in given if isinstance(i, str) and 0 < len(i) <= limit))
+        consumer = getattr(state, "consumer", None)
+        if ids and consumer is not None:
+            step.on_revoke(consumer, ids, bool(terminate))
+        return answer
+
+    return revoke
+
+
 def install_handlers(parent: Any, step: Mingle) -> bool:
     """Give the consumer's pidbox node its own handler table with our commands.
 
@@ -65,5 +82,8 @@ def install_handlers(parent: Any, step: Mingle) -> bool:
     stock_hello = handlers.get("hello")
     if stock_hello is not None:
         handlers["hello"] = make_hello(step, stock_hello)
+    stock_revoke = handlers.get("revoke")
+    if stock_revoke is not None:
+        handlers["revoke"] = make_revoke(step, stock_revoke)
     node.handlers = handlers
     return True

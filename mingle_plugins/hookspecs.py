@@ -28,10 +28,12 @@ __all__ = [  # in the order a worker calls them
     "mingle_tune_hello",
     "mingle_expected_replies",
     "mingle_send_hello",
+    "mingle_extra_replies",
     "mingle_on_reply",
     "mingle_adjust_clock",
     "mingle_merge_revoked",
     "mingle_sync_complete",
+    "mingle_on_revoke",
 ]
 
 
@@ -165,6 +167,34 @@ def mingle_send_hello(
 
 
 @hookspec
+def mingle_extra_replies(consumer: WorkerConsumer, settings: MingleSettings) -> Mapping[str, Any] | None:
+    """Answer the mingle like a neighbour, from somewhere else than the broker (e.g. a store).
+
+    Called at every mingle, right after `mingle_send_hello`, also when no
+    hello was sent (the worker is alone, or the hello failed). Each body
+    returned takes the path of a neighbour's reply: the same checks, trust
+    settings (`mingle_trusted_nodes`, `mingle_hmac_keys`), `mingle_on_reply`,
+    `mingle_adjust_clock` and merge policies, and is counted in the summary
+    under its name like a node.
+
+    Arguments:
+
+    - `consumer`: the worker's `Consumer`.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: `{source name: reply body}` (names of the form `name@host`, as
+    node names are checked; a body like a neighbour's, e.g.
+    `{"revoked": [ids, oldest first], "clock": None}`), or `None` for nothing.
+    A body of `None` says the source could not be reached: its name goes to
+    `summary.sources_unreached` and the mingle goes on without it. A name
+    already answered by a neighbour, or this worker's own, is ignored. Not
+    `firstresult`: every implementation is called, once, and every source kept.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
 def mingle_on_reply(consumer: WorkerConsumer, reply: Reply, settings: MingleSettings) -> Reply | None:
     """Inspect, transform or reject one neighbour's reply (or hello request).
 
@@ -273,4 +303,31 @@ def mingle_sync_complete(consumer: WorkerConsumer, summary: MingleSummary, setti
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        `settings`.
+    """
+
+
+@hookspec
+def mingle_on_revoke(
+    consumer: WorkerConsumer, ids: tuple[str, ...], terminate: bool, settings: MingleSettings
+) -> None:
+    """See the task ids this worker was told to revoke (the `revoke` remote-control command).
+
+    Called each time the worker receives a `revoke` command (`app.control.revoke`,
+    `celery control revoke`), after the stock handler put the ids in the revoked
+    set, whether or not mingle is on. Not called for ids merged at a mingle, nor
+    for `revoke_by_stamped_headers`. The command's answer waits for the
+    implementations: do slow work (a network store) in a thread of your own. An
+    implementation that raises or hangs is skipped; the revoke itself always stands.
+
+    Arguments:
+
+    - `consumer`: the worker's `Consumer`.
+    - `ids`: the revoked ids, as strings of 1 to `mingle_max_id_length` characters
+      (others are left out), in the command's order.
+    - `terminate`: whether the command also asked to terminate the running tasks.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: ignored. Not `firstresult`: every implementation is called, once.
+
+    .. versionadded:: 0.2
     """

@@ -186,9 +186,12 @@ class MingleSummary:
             replies (after they were received and decoded).
         plugins: names of the plugins loaded in this worker.
         skipped: why the hello was not sent, or ``None``.
+        sources_unreached: names of the sources of ``mingle_extra_replies``
+            (e.g. a revocation store) that could not be reached this time.
 
     .. versionchanged:: 0.2
-       ``accepted``, ``nodes``, ``ids_dropped``, ``dropped_by``, ``ids_over_share``, ``duplicates``;
+       ``accepted``, ``nodes``, ``ids_dropped``, ``dropped_by``, ``ids_over_share``, ``duplicates``,
+       ``sources_unreached``;
        ``merged_from`` lists only the nodes that brought a new id.
     """
 
@@ -213,6 +216,7 @@ class MingleSummary:
     merge_cpu: float = 0.0
     plugins: list[str] = field(default_factory=list)
     skipped: str | None = None
+    sources_unreached: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable copy (for events and ``mingle status``)."""

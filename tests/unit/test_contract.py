@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from mingle_plugins import MingleSettings, MingleSummary, Reply, SettingsRegistr
 from mingle_plugins.answer import make_hello
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.config import declare_settings
+from mingle_plugins.control import make_revoke
 
 PROD = [f"prod-id-{i}" for i in range(3)]
 DEV = [f"dev-id-{i}" for i in range(4)]
@@ -115,16 +117,18 @@ def test_policies_combine_and_cannot_remove_known_ids(
 
 # -- one call per implementation, for every hook ---------------------------------------
 
-EXPECTED_CALLS = {  # per scenario below: one sync with two good replies
+EXPECTED_CALLS = {  # per scenario below: one sync with two good replies, then one revoke command
     "mingle_add_settings": 1,
     "mingle_transport_compatible": 1,
     "mingle_tune_hello": 1,
     "mingle_expected_replies": 1,
     "mingle_send_hello": 1,
+    "mingle_extra_replies": 1,
     "mingle_on_reply": 2,
     "mingle_adjust_clock": 2,
     "mingle_merge_revoked": 2,
     "mingle_sync_complete": 1,
+    "mingle_on_revoke": 1,
 }
 
 
@@ -176,6 +180,8 @@ def test_a_raising_implementation_is_skipped_alone(
         declare_settings(step.runner, SettingsRegistry())
         step.compatible_transport(consumer.app)
         step.sync(consumer)
+        revoke = make_revoke(step, Panel.data["revoke"])
+        revoke(SimpleNamespace(consumer=consumer, app=consumer.app, hostname=consumer.hostname), "3")
 
     expected = dict(EXPECTED_CALLS)
     if hook == "mingle_on_reply":  # a broken check fails closed: the rejected replies go no further
@@ -185,9 +191,9 @@ def test_a_raising_implementation_is_skipped_alone(
     assert len(blamed) == EXPECTED_CALLS[hook] and all(hook in line for line in blamed)
     if hook == "mingle_on_reply":  # a broken check fails closed: the replies are not merged
         assert set(step.last_summary.rejected) == {"a@x", "b@x"}  # type: ignore[union-attr]
-        assert len(state.revoked) == 0
+        assert set(state.revoked) == {"3"}
     else:
-        assert set(state.revoked) == {"1", "2"}
+        assert set(state.revoked) == {"1", "2", "3"}  # the revoke stands, whatever a plugin did
 
 
 def test_a_tune_hello_runs_once(consumer: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,108 @@
+"""Revoking through the store: beside ``app.control.revoke``, for revokes that must outlive the workers.
+
+:func:`revoke` records the ids in the app's store (``mingle_plugin_settings["store"]``), then
+broadcasts the revoke as ``app.control.revoke`` does. Workers up now get the broadcast; workers
+started later (even after every worker stopped) get the ids from the store at their mingle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery.worker import state as worker_state
+
+from mingle_plugins.parsers import parse_fields, report_problems
+from mingle_plugins.settings import load_settings
+
+from . import PLUGIN_NAME, StoreSettings, store_for
+from .backends import RevocationStore
+
+__all__ = ["RevokeResult", "bounds", "revoke", "settings_of", "stored"]
+
+logger = logging.getLogger("mingle_store")
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    """What :func:`revoke` did."""
+
+    ids: tuple[str, ...]
+    #: The store's URL (no password), or ``None`` when the app has no store.
+    store: str | None
+    #: Whether the ids were recorded in the store.
+    recorded: bool
+    #: Why they were not, else ``""``.
+    problem: str = ""
+
+
+def settings_of(conf: Mapping[str, Any]) -> StoreSettings:
+    """The plugin's settings in a Celery configuration (bad values logged, defaults used)."""
+    blocks = conf.get("mingle_plugin_settings") or {}
+    raw = blocks.get(PLUGIN_NAME, {}) if isinstance(blocks, Mapping) else {}
+    value, problems = parse_fields(StoreSettings, raw if isinstance(raw, Mapping) else {})
+    report_problems(f"mingle_plugin_settings[{PLUGIN_NAME!r}]", value, "", problems)
+    return value
+
+
+def bounds(conf: Mapping[str, Any]) -> tuple[int | None, float | None]:
+    """The cap and expiry a worker of this app gives its revoked set.
+
+    ``mingle_revokes_max`` / ``mingle_revoke_expires`` when the installed core has them, else
+    Celery's ``CELERY_WORKER_REVOKES_MAX`` / ``CELERY_WORKER_REVOKE_EXPIRES`` (as this process sees them).
+    """
+    core, _ = load_settings(conf)
+    maxlen = getattr(core, "revokes_max", None) or worker_state.revoked.maxlen or None
+    expires = getattr(core, "revoke_expires", None) or worker_state.revoked.expires or None
+    return maxlen, expires
+
+
+def revoke(
+    app: Any,
+    task_ids: str | Iterable[str],
+    *,
+    terminate: bool = False,
+    signal: str | None = None,
+    broadcast: bool = True,
+    **kwargs: Any,
+) -> RevokeResult:
+    """Record ``task_ids`` in the app's store, then ``app.control.revoke`` them.
+
+    The broadcast is sent also when the store is not reached (the result says so). Extra
+    keyword arguments go to ``app.control.revoke``.
+    """
+    ids = tuple(dict.fromkeys([task_ids] if isinstance(task_ids, str) else task_ids))
+    s = settings_of(app.conf)
+    store = store_for(s)
+    recorded, problem = False, ""
+    if store is None:
+        problem = "no store configured (mingle_plugin_settings['store']['url'])" if not s.url else "unusable"
+    else:
+        maxlen, expires = bounds(app.conf)
+        try:
+            store.record(dict.fromkeys(ids, time.time()), maxlen, expires)
+            recorded = True
+        except Exception as exc:
+            problem = repr(exc)
+            logger.warning(
+                "mingle: revocation store %s not reached; revoke not recorded: %s", store.url, problem
+            )
+    if broadcast and ids:
+        app.control.revoke(list(ids), terminate=terminate, signal=signal, **kwargs)
+    return RevokeResult(ids, store.url if store is not None else None, recorded, problem)
+
+
+def stored(app: Any) -> tuple[RevocationStore, list[tuple[str, float]]]:
+    """The app's store and the ids in force in it, ``(id, revoke time)``, oldest first.
+
+    :raises LookupError: when the app has no usable store. Errors of the store propagate.
+    """
+    s = settings_of(app.conf)
+    store = store_for(s)
+    if store is None:
+        raise LookupError("no usable store: set mingle_plugin_settings['store']['url']")
+    maxlen, expires = bounds(app.conf)
+    return store, store.load(maxlen, expires)
