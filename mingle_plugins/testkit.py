@@ -30,6 +30,7 @@ from typing import Any
 
 from .control import STATUS_COMMAND
 from .model import MingleSummary
+from .settings import MingleSettings, SettingsRegistry, load_settings
 from .testkit_worker import (
     APP_TEMPLATE,
     ATOMIC_FILESYSTEM,
@@ -53,9 +54,19 @@ __all__ = [
     "Worker",
     "client_app",
     "filesystem_conf",
+    "resolved_settings",
     "summary_from_dict",
     "write_app",
 ]
+
+
+def resolved_settings(plugin: Any, conf: Mapping[str, Any]) -> MingleSettings:
+    """The settings a worker with ``conf`` would hand ``plugin``'s hooks: its
+    ``mingle_add_settings`` declaration, parsed by the core (for a plugin's unit tests)."""
+    registry = SettingsRegistry()
+    plugin.mingle_add_settings(registry=registry)
+    settings, _ = load_settings(conf, environ={})
+    return registry.resolve(settings)[0]
 
 
 class Cluster:

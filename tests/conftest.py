@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import services
+from tests.support.brokers import FakeNeighbour
 from tests.support.workers import Cluster
 
 BROKERS = ("redis", "rabbitmq")
@@ -56,3 +57,12 @@ def make_cluster(tmp_path: Path) -> Iterator[object]:
     yield make
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeNeighbour]]:
+    """Fake neighbours (:class:`FakeNeighbour`) a test starts; closed at its end."""
+    started: list[FakeNeighbour] = []
+    yield started
+    for fake in started:
+        fake.close()

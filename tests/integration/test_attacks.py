@@ -10,11 +10,8 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from mingle_plugins import protocol
 from tests.integration.test_bad_plugins import new_ids, write_statedb
@@ -23,14 +20,6 @@ from tests.support.brokers import FakeNeighbour
 
 KEY = "attack-test-key"
 ROOM = 200  # CELERY_WORKER_REVOKES_MAX of the targets: a full set is cheap to build
-
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeNeighbour]]:
-    started: list[FakeNeighbour] = []
-    yield started
-    for fake in started:
-        fake.close()
 
 
 def _fake(fakes: list[FakeNeighbour], tmp_path: Path, config: dict[str, Any], replies: list[Any]) -> None:

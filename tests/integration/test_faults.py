@@ -86,14 +86,6 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         redis.close()
 
 
-@pytest.fixture
-def fakes() -> Iterator[list[FakeNeighbour]]:
-    started: list[FakeNeighbour] = []
-    yield started
-    for fake in started:
-        fake.close()
-
-
 def good_neighbour(
     fakes: list[FakeNeighbour], directory: Path, config: dict[str, Any], theirs: list[str]
 ) -> FakeNeighbour:

@@ -207,6 +207,7 @@ def _bounds(consumer: WorkerConsumer) -> tuple[int | None, float | None]:
 
 # -- the hooks -------------------------------------------------------------------------------------
 
+
 @hookimpl
 def mingle_add_settings(registry: SettingsRegistry) -> None:
     registry.add(PLUGIN_NAME, StoreSettings)

@@ -12,7 +12,8 @@ from celery import Celery
 from kombu import Connection
 
 import mingle_filesystem as plugin
-from mingle_plugins import HelloOptions, MingleSettings, SettingsRegistry, load_settings
+from mingle_plugins import HelloOptions, MingleSettings
+from mingle_plugins.testkit import resolved_settings
 
 
 def app_with(**conf: Any) -> Celery:
@@ -22,11 +23,7 @@ def app_with(**conf: Any) -> Celery:
 
 
 def resolved(app: Celery) -> MingleSettings:
-    """The settings as a worker resolves them: the plugin's declaration, parsed by the core."""
-    registry = SettingsRegistry()
-    plugin.mingle_add_settings(registry=registry)
-    settings, _ = load_settings(app.conf, environ={})
-    return registry.resolve(settings)[0]
+    return resolved_settings(plugin, app.conf)
 
 
 def own(app: Celery) -> plugin.FilesystemSettings:

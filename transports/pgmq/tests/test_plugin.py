@@ -9,7 +9,8 @@ import pytest
 from celery import Celery
 
 import mingle_pgmq as plugin
-from mingle_plugins import HelloOptions, MingleSettings, SettingsRegistry, load_settings
+from mingle_plugins import HelloOptions, MingleSettings
+from mingle_plugins.testkit import resolved_settings
 
 
 def app_with(**conf: Any) -> Celery:
@@ -19,11 +20,7 @@ def app_with(**conf: Any) -> Celery:
 
 
 def resolved(app: Celery) -> MingleSettings:
-    """The settings as a worker resolves them: the plugin's declaration, parsed by the core."""
-    registry = SettingsRegistry()
-    plugin.mingle_add_settings(registry=registry)
-    settings, _ = load_settings(app.conf, environ={})
-    return registry.resolve(settings)[0]
+    return resolved_settings(plugin, app.conf)
 
 
 def latency(app: Celery) -> float:

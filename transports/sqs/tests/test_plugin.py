@@ -20,7 +20,8 @@ from celery import Celery
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import mingle_sqs as plugin
-from mingle_plugins import HelloOptions, MingleSettings, SettingsRegistry, load_settings
+from mingle_plugins import HelloOptions, MingleSettings
+from mingle_plugins.testkit import resolved_settings
 from tests.support import services
 
 PLUGIN_TRANSPORT = "mingle_sqs.transport:Transport"
@@ -34,11 +35,7 @@ def app_with(**conf: Any) -> Celery:
 
 
 def resolved(app: Celery) -> MingleSettings:
-    """The settings as a worker resolves them: the plugin's declaration, parsed by the core."""
-    registry = SettingsRegistry()
-    plugin.mingle_add_settings(registry=registry)
-    settings, _ = load_settings(app.conf, environ={})
-    return registry.resolve(settings)[0]
+    return resolved_settings(plugin, app.conf)
 
 
 def own(app: Celery) -> plugin.SqsSettings:
