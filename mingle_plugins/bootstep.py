@@ -14,6 +14,7 @@ from celery.worker.consumer.mingle import Mingle as StockMingle
 
 from . import protocol
 from .control import install_handlers
+from .diagnostics import decide_transport, load_transport
 from .errors import RejectReply
 from .loader import get_plugin_manager
 from .model import HelloOptions, MingleSummary
@@ -72,23 +73,29 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     # -- transport ---------------------------------------------------------
 
     def compatible_transport(self, app: Any) -> bool:
-        try:
-            with app.connection_for_read() as conn:
-                self.driver_type = conn.transport.driver_type
-        except Exception as exc:
-            error("mingle: cannot load the broker transport, mingle is off: %r", exc)
+        """Whether this worker mingles on the broker's transport (decided in :mod:`.diagnostics`)."""
+        transport = load_transport(app, fanout=False)
+        if transport.driver_type is None:
+            error("mingle: cannot load the broker transport, mingle is off: %s", transport.problem())
             return False
-        try:
-            claimed = self.runner.call("mingle_transport_compatible", app=app, driver_type=self.driver_type)
-        except Exception as exc:  # never stop the worker
-            error("mingle: mingle_transport_compatible failed, using the stock answer: %r", exc)
-            claimed = None
-        compatible = (self.driver_type in self.compatible_transports) if claimed is None else bool(claimed)
-        if claimed is False:
-            info("mingle: off: a plugin refused the %r transport", self.driver_type)
-        elif not compatible:
+        self.driver_type = transport.driver_type
+        decision = decide_transport(
+            app,
+            self.pm,
+            self.driver_type,
+            timeout=self.runner.timeout,
+            stock=self.compatible_transports,
+            skip=self.runner.hung,
+        )
+        for failed in decision.failures:  # never stop the worker: the next plugin answers
+            if failed.hung:
+                self.runner.hung.add(self.pm.get_plugin(failed.plugin))
+            error("mingle: plugin %r %s in hook mingle_transport_compatible", failed.plugin, failed.problem())
+        if decision.refused:
+            info("mingle: off: plugin %r refused the %r transport", decision.decided_by, self.driver_type)
+        elif not decision.compatible:
             info("mingle: off: no plugin claims the %r transport", self.driver_type)
-        return compatible
+        return decision.compatible
 
     # -- the mingle --------------------------------------------------------
 

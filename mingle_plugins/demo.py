@@ -86,18 +86,14 @@ def demo_config(folder: Path, polling_interval: float = 0.1) -> dict[str, Any]:
 
 def _claiming_plugin(app: Any) -> tuple[str | None, str]:
     """The plugin that claims the ``filesystem`` transport, or ``None`` and why not."""
-    from .cli import _plugin_answer, _quiet_mingle_logs, resolve_settings
-    from .loader import get_plugin_manager
+    from .diagnostics import decide_transport, plugin_manager
 
-    with _quiet_mingle_logs():
-        settings, _ = resolve_settings(app.conf)
-        pm = get_plugin_manager(settings)
-    for impl in reversed(pm.hook.mingle_transport_compatible.get_hookimpls()):
-        answer, problem = _plugin_answer(pm, impl.plugin, app, "filesystem", settings.plugin_timeout)
-        if not problem and answer is not None:
-            if answer:
-                return impl.plugin_name, ""
-            return None, f"plugin {impl.plugin_name!r} refuses the filesystem transport"
+    pm, settings, _ = plugin_manager(app)
+    decision = decide_transport(app, pm, "filesystem", timeout=settings.plugin_timeout, stock=())
+    if decision.compatible:
+        return decision.decided_by, ""
+    if decision.refused:
+        return None, f"plugin {decision.decided_by!r} refuses the filesystem transport"
     for rec in pm.records:
         if rec.name == "filesystem" or rec.distribution == "celery-mingle-filesystem":
             if rec.status != "loaded":

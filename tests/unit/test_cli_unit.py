@@ -1,4 +1,7 @@
-"""Unit tests of the ``celery mingle`` helpers (no broker, no worker)."""
+"""Unit tests of the ``celery mingle`` helpers and of :mod:`mingle_plugins.diagnostics`.
+
+No broker, no worker.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +12,29 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from mingle_plugins import cli, get_plugin_manager, hookimpl
+from mingle_plugins import cli, diagnostics, get_plugin_manager, hookimpl
 from mingle_plugins.bootstep import Mingle
+from mingle_plugins.cli import _output
+from mingle_plugins.cli import check as check_cmd
+from mingle_plugins.cli import status as status_cmd
 from mingle_plugins.consumer import Blueprint, Consumer
 
 
 def test_table_aligns_columns() -> None:
-    out = cli._table(("A", "LONGER"), [("xxxx", "y"), ("z", "")])
+    out = _output.table(("A", "LONGER"), [("xxxx", "y"), ("z", "")])
     assert out.splitlines() == ["A     LONGER", "xxxx  y", "z"]
 
 
 def test_resolve_settings_lists_every_problem_even_in_strict_mode() -> None:
     conf = {"mingle_strict": True, "mingle_hello_timeout": 0, "mingle_max_clock": "big"}
-    settings, problems = cli.resolve_settings(conf)
+    settings, problems = diagnostics.resolve_settings(conf)
     assert settings.strict is True
     assert settings.hello_timeout == 1.0  # the default, as the worker would use it
     assert sorted(p.setting for p in problems) == ["mingle_hello_timeout", "mingle_max_clock"]
 
 
 def test_resolve_settings_reports_a_bad_strict_value() -> None:
-    settings, problems = cli.resolve_settings({"mingle_strict": "maybe"})
+    settings, problems = diagnostics.resolve_settings({"mingle_strict": "maybe"})
     assert settings.strict is False
     assert [p.setting for p in problems] == ["mingle_strict"]
 
@@ -55,7 +61,7 @@ class MyConsumer(Consumer):
     ],
 )
 def test_consumer_ok(value: Any, ok: bool, says: str) -> None:
-    got, message = cli._consumer_ok(value)
+    got, message = check_cmd.consumer_ok(value)
     assert got is ok
     assert says in message
 
@@ -110,7 +116,7 @@ def test_status_rows_describe_each_state() -> None:
         "clock_after": 9,
         "skipped": None,
     }
-    rows = cli._status_rows(
+    rows = status_cmd._status_rows(
         {
             "on@x": {
                 "enabled": True,
@@ -167,7 +173,9 @@ def test_claims_reports_a_raising_plugin_per_transport() -> None:
     pm = get_plugin_manager(load_entrypoints=False)
     plugin = Raises()
     pm.register(plugin, name="raises")
-    claimed, refused, errors = cli._claims(pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=2.0)
+    app = Celery("unit")
+    drivers = ["redis", "amqp", "sqs"]
+    claimed, refused, errors = diagnostics.plugin_claims(pm, plugin, app, drivers, timeout=2.0)
     assert (claimed, refused) == (["redis"], [])
     assert errors == ["amqp: RuntimeError: boom"]
 
@@ -178,7 +186,7 @@ def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
     pm.register(plugin, name="hangs")
     started = time.monotonic()
     try:
-        claimed, refused, errors = cli._claims(
+        claimed, refused, errors = diagnostics.plugin_claims(
             pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=0.2
         )
     finally:
