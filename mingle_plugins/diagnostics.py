@@ -1,20 +1,16 @@
 """Which plugin claims the broker transport, and why: one answer for the step and the CLI.
 
-The worker's Mingle step (``Mingle.compatible_transport``), ``celery mingle
-plugins``, ``celery mingle check`` and the demo all decide here:
-
-- :func:`load_transport`: the broker's transport, or the error that stops it from
-  loading with the ``pip install`` line that fixes it (:data:`INSTALL_HINTS`);
-- :func:`decide_transport`: the plugins' ``mingle_transport_compatible`` answers,
-  each plugin asked on its own, in call order; the first ``True`` or ``False``
-  wins, as the ``firstresult`` hook call would; a plugin that raises or hangs
-  is named and passed over; when none answers, the stock set decides;
-- :func:`plugin_claims`: one plugin's answers for many driver types (``celery
-  mingle plugins``).
+The worker's ``Mingle.compatible_transport``, ``celery mingle plugins / check``
+and the demo all decide here: :func:`load_transport` (the transport, or its
+real error and the ``pip install`` line that fixes it), :func:`decide_transport`
+(each plugin asked alone, in call order: the first ``True`` or ``False`` wins,
+as in the ``firstresult`` call; a plugin that raises or hangs is named and
+passed over; when none answers, the stock set decides) and :func:`plugin_claims`.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections import ChainMap
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -30,9 +26,9 @@ from .runner import Overdue, call_with_deadline
 from .settings import MingleSettings, load_settings
 
 __all__ = [
-    "INSTALL_HINTS",
     "KNOWN_DRIVER_TYPES",
     "PLUGIN_DISTRIBUTIONS",
+    "TRANSPORT_CLIENTS",
     "Answer",
     "TransportDecision",
     "TransportInfo",
@@ -54,45 +50,35 @@ KNOWN_DRIVER_TYPES: tuple[str, ...] = tuple(
 
 _AMQP = "pip install amqp (a dependency of kombu: reinstall celery)"
 
-#: What installs the client library of a transport, by broker URL scheme.
-INSTALL_HINTS: dict[str, str] = {
-    **dict.fromkeys(("redis", "rediss", "sentinel"), 'pip install "celery[redis]"'),
-    **dict.fromkeys(("amqp", "amqps", "pyamqp"), _AMQP),
-    **dict.fromkeys(("sqlalchemy", "sqla"), 'pip install "celery[sqlalchemy]"'),
-    **dict.fromkeys(("kafka", "confluentkafka"), 'pip install "kombu[confluentkafka]"'),
-    **{name: f'pip install "celery[{name}]"' for name in ("librabbitmq", "gcpubsub", "mongodb")},
-    **{name: f'pip install "celery[{name}]"' for name in ("zookeeper", "consul", "pyro")},
-    "sqs": 'pip install "celery[sqs]" celery-mingle-sqs',
-    "pgmq": "pip install celery-mingle-pgmq",
+#: By broker URL scheme: the module of the transport's client library, and what installs it.
+TRANSPORT_CLIENTS: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(("redis", "rediss", "sentinel"), ("redis", 'pip install "celery[redis]"')),
+    **dict.fromkeys(("amqp", "amqps", "pyamqp"), ("amqp", _AMQP)),
+    **dict.fromkeys(("sqlalchemy", "sqla"), ("sqlalchemy", 'pip install "celery[sqlalchemy]"')),
+    **dict.fromkeys(("kafka", "confluentkafka"), ("confluent_kafka", 'pip install "kombu[confluentkafka]"')),
+    "sqs": ("boto3", 'pip install "celery[sqs]" celery-mingle-sqs'),
+    "pgmq": ("pgmq", "pip install celery-mingle-pgmq"),
+    "librabbitmq": ("librabbitmq", 'pip install "celery[librabbitmq]"'),
+    "gcpubsub": ("google.cloud.pubsub_v1", 'pip install "celery[gcpubsub]"'),
+    "mongodb": ("pymongo", 'pip install "celery[mongodb]"'),
+    "zookeeper": ("kazoo", 'pip install "celery[zookeeper]"'),
+    "consul": ("consul", 'pip install "celery[consul]"'),
+    "pyro": ("Pyro4", 'pip install "celery[pyro]"'),
 }
 
 #: The distribution whose plugin claims a transport the stock Mingle leaves out, by driver type.
-PLUGIN_DISTRIBUTIONS: dict[str, str] = {
-    "filesystem": "celery-mingle-filesystem",
-    "pgmq": "celery-mingle-pgmq",
-    "sqs": "celery-mingle-sqs",
-}
+PLUGIN_DISTRIBUTIONS: dict[str, str] = {d: f"celery-mingle-{d}" for d in ("filesystem", "pgmq", "sqs")}
 
 
 @contextmanager
-def quiet_logs() -> Iterator[list[logging.LogRecord]]:
-    """Collect the ``mingle_plugins`` log records instead of printing them.
-
-    For the commands: what the records say is in their output.
-    """
-    records: list[logging.LogRecord] = []
-
-    class _Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
+def quiet_logs() -> Iterator[None]:
+    """Keep the ``mingle_plugins`` log records from the console (the commands print what they say)."""
     log = logging.getLogger("mingle_plugins")
-    handler = _Collect(logging.DEBUG)
-    saved = log.propagate
+    handler, saved = logging.NullHandler(), log.propagate
     log.addHandler(handler)
     log.propagate = False
     try:
-        yield records
+        yield
     finally:
         log.removeHandler(handler)
         log.propagate = saved
@@ -131,7 +117,7 @@ class TransportInfo:
     fanout: bool = False
     #: The broker URL, password masked.
     broker: str = ""
-    #: ``"ImportError: Missing redis library (pip install redis)"``, or ``""``.
+    #: ``"ModuleNotFoundError: No module named 'redis' (kombu: ...)"``, or ``""``.
     error: str = ""
     #: The ``pip install`` line that fixes ``error``, when the scheme is known.
     fix: str = ""
@@ -143,12 +129,34 @@ class TransportInfo:
         return f"{self.error}; {self.fix}" if self.fix else self.error
 
 
-def _scheme(app: Any, conn: Any) -> str:
-    cls = getattr(conn, "transport_cls", None) or app.conf.broker_transport
+def _scheme(app: Any) -> str:
+    """``redis`` for ``redis://...`` (the first of a failover list), or ``broker_transport``."""
+    cls = app.conf.broker_transport
     if isinstance(cls, str) and cls:
         return cls
-    url = str(app.conf.broker_url or "")
-    return url.split("://", 1)[0] if "://" in url else str(cls or "amqp")
+    url = app.conf.broker_url or ""
+    url = str(url[0] if isinstance(url, (list, tuple)) and url else url).split(";")[0]
+    return url.split("://", 1)[0].split("+")[0] if "://" in url else "amqp"
+
+
+def _cause(scheme: str, exc: BaseException) -> str:
+    """The client library's own import error when it is missing, else ``exc``.
+
+    kombu hides it: without the redis client, kombu 5.7 raises ``AttributeError:
+    'NoneType' object has no attribute 'Redis'``.
+    """
+    said = _error(exc)
+    module = _client(scheme)[0]
+    if not module:
+        return said
+    try:
+        importlib.import_module(module)
+    except ImportError as missing:
+        real = _error(missing)
+        return real if real == said else f"{real} (kombu: {said})"
+    except Exception:  # a client that fails otherwise: kombu's error says it
+        return said
+    return said
 
 
 def load_transport(app: Any, *, fanout: bool = True) -> TransportInfo:
@@ -156,27 +164,25 @@ def load_transport(app: Any, *, fanout: bool = True) -> TransportInfo:
 
     :param fanout: also ask whether it has fanout exchanges (remote control).
     """
+    scheme = _scheme(app)
+    conn = None
     try:
         conn = app.connection_for_read()
-    except Exception as exc:
-        broker = maybe_sanitize_url(str(app.conf.broker_url or ""))
-        return TransportInfo(scheme="?", broker=broker, error=_error(exc))
-    scheme = _scheme(app, conn)
-    try:
         broker = conn.as_uri()
         driver_type = str(conn.transport.driver_type)
         has_fanout = bool(conn.supports_exchange_type("fanout")) if fanout else False
     except Exception as exc:
         broker = maybe_sanitize_url(str(app.conf.broker_url or ""))
-        return TransportInfo(scheme, broker=broker, error=_error(exc), fix=install_hint(scheme))
+        return TransportInfo(scheme, broker=broker, error=_cause(scheme, exc), fix=_client(scheme)[1])
     finally:
-        conn.release()
+        if conn is not None:
+            conn.release()
     return TransportInfo(scheme, driver_type, has_fanout, broker)
 
 
-def install_hint(scheme: str) -> str:
-    """The ``pip install`` line for a transport's client library, or ``""``."""
-    return INSTALL_HINTS.get(scheme.lower(), "")
+def _client(scheme: str) -> tuple[str, str]:
+    """``(client module, pip install line)`` of a URL scheme, or ``("", "")``."""
+    return TRANSPORT_CLIENTS.get(scheme.lower(), ("", ""))
 
 
 def _error(exc: BaseException) -> str:

@@ -5,6 +5,8 @@ No broker, no worker.
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -195,3 +197,86 @@ def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
     assert (claimed, refused) == ([], [])
     assert errors == ["redis: TimeoutError: did not return within 0.2s"]
     assert plugin.calls == 1
+
+
+# -- the one decision: the step and the CLI ask mingle_plugins.diagnostics --------
+
+
+class Refuses:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        return False if driver_type == "memory" else None
+
+
+class Boom:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        raise RuntimeError("boom")
+
+
+class Claims:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        return True
+
+
+def test_decision_passes_over_a_raising_plugin_and_names_the_one_that_decides() -> None:
+    pm = get_plugin_manager(load_entrypoints=False)
+    pm.register(Claims(), name="claims")
+    pm.register(Raises(), name="raises")  # registered last: asked first
+    decision = diagnostics.decide_transport(Celery("unit"), pm, "amqp", timeout=2.0, stock={"amqp"})
+    assert (decision.compatible, decision.decided_by) == (True, "claims")
+    assert decision.reason() == "plugin 'claims' claims it"
+    assert [(a.plugin, a.error) for a in decision.failures] == [("raises", "RuntimeError: boom")]
+    nobody = diagnostics.decide_transport(
+        Celery("unit"), get_plugin_manager(load_entrypoints=False), "sqs", timeout=2.0, stock={"amqp"}
+    )
+    assert (nobody.compatible, nobody.decided_by, nobody.refused) == (False, None, False)
+    assert nobody.reason() == "no plugin answers; the stock set (amqp)"
+
+
+def test_the_step_uses_the_same_decision_and_logs_it(step: Mingle, consumer: Any, caplog) -> None:
+    step.pm.register(Refuses(), name="refuses")
+    step.pm.register(Boom(), name="raises")
+    with caplog.at_level(logging.INFO, logger="mingle_plugins.bootstep"):
+        assert step.compatible_transport(consumer.app) is False
+    messages = [r.getMessage() for r in caplog.records]
+    assert "mingle: plugin 'raises' raised RuntimeError: boom in hook mingle_transport_compatible" in messages
+    assert "mingle: off: plugin 'refuses' refused the 'memory' transport" in messages
+    check = diagnostics.decide_transport(consumer.app, step.pm, "memory", timeout=2.0, stock=set())
+    assert (check.compatible, check.decided_by) == (False, "refuses")
+
+
+def test_the_step_never_asks_a_hung_plugin_again(step: Mingle, consumer: Any, caplog) -> None:
+    plugin = Hangs()
+    step.pm.register(plugin, name="hangs")
+    step.runner.timeout = 0.2
+    try:
+        with caplog.at_level(logging.ERROR, logger="mingle_plugins"):
+            assert step.compatible_transport(consumer.app) is False  # memory: not in the stock set
+            assert step.compatible_transport(consumer.app) is False
+    finally:
+        plugin.release.set()
+    assert plugin in step.runner.hung and plugin.calls == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "mingle: plugin 'hangs' did not return within 0.2s and is no longer called "
+        "in hook mingle_transport_compatible"
+    ]
+
+
+def test_a_transport_without_its_client_names_the_real_error_and_the_fix(
+    step: Mingle, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    pgmq_transport = pytest.importorskip("kombu.transport.pgmq")
+    monkeypatch.setattr(pgmq_transport, "PGMQueue", None)  # as kombu sets it without the client
+    monkeypatch.setitem(sys.modules, "pgmq", None)  # and the client cannot be imported
+    app = Celery("unit", broker="pgmq://nobody@127.0.0.1:1/none", set_as_current=False)
+    info = diagnostics.load_transport(app)
+    assert (info.scheme, info.driver_type) == ("pgmq", None)
+    assert info.error.startswith("ModuleNotFoundError: import of pgmq halted")
+    assert "(kombu: ImportError: PGMQ transport requires the pgmq library" in info.error
+    assert info.fix == "pip install celery-mingle-pgmq"
+    with caplog.at_level(logging.ERROR, logger="mingle_plugins"):
+        assert step.compatible_transport(app) is False
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == f"mingle: cannot load the broker transport, mingle is off: {info.error}; {info.fix}"
