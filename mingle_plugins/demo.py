@@ -320,7 +320,7 @@ class Demo:
         learnt, clock = self.ask_newcomer(newcomer, ids)
         self.say(f"inspect revoked: {newcomer} has {len(learnt)} of the {len(ids)} revoked ids")
         self.say(f"inspect clock:   {newcomer} is at {clock} (neighbours were at most {top})")
-        from .cli import print_status, query_status
+        from .status import print_status, query_status
 
         self.say("celery mingle status:")
         result = query_status(self.app, timeout=1.0, destination=[newcomer])

@@ -25,10 +25,11 @@ from collections.abc import Sequence
 
 import click
 
+from ..status import print_status, query_status
 from . import check, demo, plugins, status
 from .check import EX_BROKEN, check_app
 from .plugins import describe_plugins
-from .status import EX_UNAVAILABLE, print_status, query_status
+from .status import EX_UNAVAILABLE
 
 __all__ = [
     "EX_BROKEN",

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import click
+
+from ..status import table
 
 __all__ = ["app_label", "echo_json", "obj_app", "seconds", "table"]
 
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=repr))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns, two spaces apart, no trailing blanks."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
-        for row in [headers, *rows]
-    ]
-    return "\n".join(lines)
 
 
 def obj_app(ctx: click.Context) -> Any:

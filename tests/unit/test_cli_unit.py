@@ -15,10 +15,10 @@ import pytest
 from celery import Celery
 
 from mingle_plugins import cli, diagnostics, get_plugin_manager, hookimpl
+from mingle_plugins import status as live_status
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.cli import _output
 from mingle_plugins.cli import check as check_cmd
-from mingle_plugins.cli import status as status_cmd
 from mingle_plugins.consumer import Blueprint, Consumer
 
 
@@ -95,7 +95,7 @@ def test_query_status_sorts_workers_into_ours_and_stock() -> None:
         status=[{"a@x": ours}, {"b@x": {"error": "KeyError('mingle_status')"}}],
         ping=[{"a@x": {"ok": "pong"}}, {"b@x": {"ok": "pong"}}, {"c@x": {"ok": "pong"}}],
     )
-    result = cli.query_status(FakeApp(control), timeout=0.3, destination=["a@x", "b@x", "c@x"])
+    result = live_status.query_status(FakeApp(control), timeout=0.3, destination=["a@x", "b@x", "c@x"])
     assert result["workers"] == {"a@x": ours}
     assert result["stock"] == {
         "b@x": "no mingle_status (KeyError('mingle_status'))",
@@ -118,7 +118,7 @@ def test_status_rows_describe_each_state() -> None:
         "clock_after": 9,
         "skipped": None,
     }
-    rows = status_cmd._status_rows(
+    rows = live_status.status_rows(
         {
             "on@x": {
                 "enabled": True,
