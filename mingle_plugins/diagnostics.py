@@ -119,7 +119,7 @@ class TransportInfo:
     broker: str = ""
     #: ``"ModuleNotFoundError: No module named 'redis' (kombu: ...)"``, or ``""``.
     error: str = ""
-    #: The ``pip install`` line that fixes ``error``, when the scheme is known.
+    #: The ``pip install`` line that fixes ``error`` (a missing library of a known scheme).
     fix: str = ""
 
     def problem(self) -> str:
@@ -139,24 +139,22 @@ def _scheme(app: Any) -> str:
     return url.split("://", 1)[0].split("+")[0] if "://" in url else "amqp"
 
 
-def _cause(scheme: str, exc: BaseException) -> str:
-    """The client library's own import error when it is missing, else ``exc``.
+def _cause(scheme: str, exc: BaseException) -> tuple[str, bool]:
+    """``(error, a library is missing)``: the client's own import error when it is missing.
 
     kombu hides it: without the redis client, kombu 5.7 raises ``AttributeError:
     'NoneType' object has no attribute 'Redis'``.
     """
-    said = _error(exc)
-    module = _client(scheme)[0]
-    if not module:
-        return said
-    try:
-        importlib.import_module(module)
-    except ImportError as missing:
-        real = _error(missing)
-        return real if real == said else f"{real} (kombu: {said})"
-    except Exception:  # a client that fails otherwise: kombu's error says it
-        return said
-    return said
+    said, module = _error(exc), _client(scheme)[0]
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as missing:
+            real = _error(missing)
+            return (real if real == said else f"{real} (kombu: {said})"), True
+        except Exception:  # a client that fails otherwise: kombu's error says it
+            pass
+    return said, isinstance(exc, ImportError)
 
 
 def load_transport(app: Any, *, fanout: bool = True) -> TransportInfo:
@@ -173,7 +171,8 @@ def load_transport(app: Any, *, fanout: bool = True) -> TransportInfo:
         has_fanout = bool(conn.supports_exchange_type("fanout")) if fanout else False
     except Exception as exc:
         broker = maybe_sanitize_url(str(app.conf.broker_url or ""))
-        return TransportInfo(scheme, broker=broker, error=_cause(scheme, exc), fix=_client(scheme)[1])
+        error, missing = _cause(scheme, exc)
+        return TransportInfo(scheme, broker=broker, error=error, fix=_client(scheme)[1] if missing else "")
     finally:
         if conn is not None:
             conn.release()

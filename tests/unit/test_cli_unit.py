@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu.transport.memory import Transport as MemoryTransport
 
 from mingle_plugins import cli, diagnostics, get_plugin_manager, hookimpl
 from mingle_plugins import status as live_status
@@ -280,3 +281,18 @@ def test_a_transport_without_its_client_names_the_real_error_and_the_fix(
         assert step.compatible_transport(app) is False
     [line] = [r.getMessage() for r in caplog.records]
     assert line == f"mingle: cannot load the broker transport, mingle is off: {info.error}; {info.fix}"
+
+
+class BadTransport(MemoryTransport):
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        raise ValueError("bad broker option")
+
+
+def test_a_transport_that_fails_otherwise_gets_no_install_line() -> None:
+    pytest.importorskip("redis")  # the client is there: installing it again fixes nothing
+    app = Celery("unit", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.broker_transport = BadTransport
+    info = diagnostics.load_transport(app)
+    assert (info.scheme, info.driver_type) == ("redis", None)
+    assert (info.error, info.fix) == ("ValueError: bad broker option", "")
+    assert info.problem() == "ValueError: bad broker option"
