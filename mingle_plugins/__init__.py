@@ -12,8 +12,20 @@ from __future__ import annotations
 from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
 from .loader import MinglePluginManager, PluginRecord, get_plugin_manager
 from .markers import ENTRY_POINT_GROUP, hookimpl, hookspec
-from .model import HelloOptions, MingleSummary
-from .settings import MingleSettings, load_settings, plugin_seconds
+from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, WorkerConsumer
+from .parsers import (
+    Parser,
+    boolean,
+    choice,
+    names,
+    optional_seconds,
+    positive_int,
+    seconds,
+    setting,
+    text,
+    transport_option_seconds,
+)
+from .settings import MingleSettings, SettingsRegistry, load_settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -22,15 +34,28 @@ __all__ = [
     "MinglePluginManager",
     "MingleSettings",
     "MingleSummary",
+    "NodeOutcome",
+    "Parser",
     "PluginLoadError",
     "PluginRecord",
     "RejectReply",
+    "Reply",
     "SettingsError",
+    "SettingsRegistry",
+    "WorkerConsumer",
+    "boolean",
+    "choice",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
     "load_settings",
-    "plugin_seconds",
+    "names",
+    "optional_seconds",
+    "positive_int",
+    "seconds",
+    "setting",
+    "text",
+    "transport_option_seconds",
 ]
 
 __version__ = "0.1.0"

@@ -1,10 +1,12 @@
-"""The Mingle bootstep: stock Mingle's API, every step routed through the hooks."""
+"""The Mingle bootstep: stock Mingle's API, every reply on the path of :mod:`mingle_plugins.rounds`."""
 
 from __future__ import annotations
 
 import secrets
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 
 from celery import bootsteps
@@ -12,23 +14,23 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
-from . import protocol
+from . import compat
+from .checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
+from .config import configure
 from .control import install_handlers
 from .diagnostics import decide_transport, load_transport
-from .errors import RejectReply
-from .loader import get_plugin_manager
-from .model import HelloOptions, MingleSummary
-from .runner import HookRunner, PluginHung
-from .settings import load_settings, parse_seconds
-from .wire import InvalidReply, reply_limits, revoked_for_hello, sends_ids_only, validate_reply
+from .model import HelloOptions, MingleSummary, Reply
+from .parsers import parse_seconds
+from .rounds import MingleRound
+from .runner import PluginHung
 
 __all__ = ["Mingle"]
 
 logger = get_logger(__name__)
 debug, info, warning, error = logger.debug, logger.info, logger.warning, logger.error
 
-#: ``sync_with_node(c, **reply)`` must not receive these from a reply.
-_RESERVED_KWARGS = frozenset({"self", "c", "clock", "revoked"})
+#: The round of the mingle in progress in this thread (set by ``sync`` only).
+_ROUND: ContextVar[MingleRound | None] = ContextVar("mingle_round", default=None)
 
 
 class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -49,16 +51,15 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def __init__(self, c: Any, without_mingle: bool = False, **kwargs: Any) -> None:
         # Strict mode raises SettingsError / PluginLoadError here: the worker stops.
-        self.settings, self.setting_problems = load_settings(c.app.conf)
-        self.pm = get_plugin_manager(self.settings)
-        self.runner = HookRunner(self.pm, self.settings.plugin_timeout)
+        config = configure(c.app.conf)
+        self.settings = config.settings
+        self.setting_problems = list(config.problems)
+        self.pm = config.pm
+        self.runner = config.runner
+        #: Signed hello requests seen lately (refuses replays on the answering side).
+        self.replay_guard = ReplayGuard(self.settings.signature_max_age)
         self.driver_type = ""
         self.last_summary: MingleSummary | None = None
-        self._summary: MingleSummary | None = None
-        self._node: str | None = None
-        self._nonce: str | None = None
-        #: Validated revoked ids waiting for the bulk merge (``mingle_merge = "bulk"``).
-        self._pending: list[Any] | None = None
         self.enabled = not without_mingle and self.compatible_transport(c.app)
         if without_mingle:
             debug("mingle: disabled by --without-mingle")
@@ -66,7 +67,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def include(self, parent: Any) -> bool:
         included: bool = super().include(parent)
-        # Also when mingle is off: ``mingle_status`` says why.
+        # Also when mingle is off: ``mingle_status`` says why, and hello requests are checked.
         install_handlers(parent, self)
         return included
 
@@ -80,17 +81,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             return False
         self.driver_type = transport.driver_type
         decision = decide_transport(
-            app,
-            self.pm,
-            self.driver_type,
-            timeout=self.runner.timeout,
-            stock=self.compatible_transports,
-            skip=self.runner.hung,
+            app, self.runner, self.driver_type, settings=self.settings, stock=self.compatible_transports
         )
         for failed in decision.failures:  # never stop the worker: the next plugin answers
-            if failed.hung:
-                self.runner.hung.add(self.pm.get_plugin(failed.plugin))
-            error("mingle: plugin %r %s in hook mingle_transport_compatible", failed.plugin, failed.problem())
+            error("mingle: plugin %r %s in hook mingle_transport_compatible", failed.plugin, failed.problem)
         if decision.refused:
             info("mingle: off: plugin %r refused the %r transport", decision.decided_by, self.driver_type)
         elif not decision.compatible:
@@ -99,20 +93,33 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
 
     # -- the mingle --------------------------------------------------------
 
+    def new_round(self, c: Any) -> MingleRound:
+        """A round for one mingle (or one hello request), with this step's settings and plugins."""
+        return MingleRound.start(c, self.settings, self.runner, self.driver_type, self.replay_guard)
+
+    @contextmanager
+    def mingle_round(self, c: Any) -> Iterator[MingleRound]:
+        """The mingle in progress, or a round of its own for a call outside ``sync``."""
+        current = _ROUND.get()
+        if current is not None:
+            yield current
+            return
+        alone = self.new_round(c)
+        token = _ROUND.set(alone)
+        try:
+            yield alone
+        finally:
+            _ROUND.reset(token)
+            alone.finish()
+
     def start(self, c: Any) -> None:
         self.sync(c)
 
     def sync(self, c: Any) -> None:
-        state = c.controller.state
-        summary = self._summary = MingleSummary(
-            hostname=c.hostname,
-            transport=self.driver_type,
-            plugins=self.pm.loaded_names(),
-            revoked_before=len(state.revoked),
-            clock_before=c.app.clock.value,
-        )
-        before = set(state.revoked)
-        started = time.monotonic()
+        rnd = self.new_round(c)
+        summary = rnd.summary
+        before = set(c.controller.state.revoked)
+        token = _ROUND.set(rnd)
         try:
             info("mingle: searching for neighbors")
             try:
@@ -121,43 +128,37 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 raise  # as stock: the consumer reconnects and mingles again
             except Exception as exc:
                 error("mingle: hello failed, going on without mingling: %r", exc)
-                summary.skipped = f"hello failed: {exc!r}"
+                summary.skipped = f"hello failed: {exc!r:.200}"
                 replies = {}
             if replies:
-                summary.neighbours = [node for node, value in replies.items() if value]
+                summary.neighbours = [str(node) for node, value in replies.items() if value]
                 info("mingle: sync with %s nodes", len(summary.neighbours))
-                cpu = time.process_time()
-                self._pending = [] if self.settings.merge == "bulk" else None
                 for nodename, reply in replies.items():
                     if reply:
-                        self.on_node_reply(c, nodename, reply)
-                self._merge_pending(c)
-                summary.merge_cpu = time.process_time() - cpu
+                        self.on_node_reply(c, nodename, rnd.choose(nodename, reply))
                 info("mingle: sync complete")
             else:
                 info("mingle: all alone")
         finally:
-            self._summary = None
-            self._pending = None
-            self._nonce = None
-        summary.elapsed = time.monotonic() - started
-        summary.revoked_after = len(state.revoked)
-        summary.ids_merged = sum(1 for task_id in state.revoked if task_id not in before)
-        summary.clock_after = c.app.clock.value
+            _ROUND.reset(token)
+        rnd.finish(before)
         self.last_summary = summary
         info(
-            "mingle: summary: %d neighbours, %d merged, %d ids merged, %d rejected, %.3fs",
+            "mingle: summary: %d neighbours, %d accepted, %d ids merged, %d dropped by policy, "
+            "%d rejected, %.3fs%s",
             len(summary.neighbours),
-            len(summary.merged_from),
+            len(summary.accepted),
             summary.ids_merged,
+            summary.ids_dropped,
             len(summary.rejected),
             summary.elapsed,
+            f", {summary.ids_over_share} ids over mingle_max_share" if summary.ids_over_share else "",
         )
         self._send_event(c, summary)
-        try:
-            self.runner.call("mingle_sync_complete", consumer=c, summary=summary)
-        except Exception as exc:
-            error("mingle: mingle_sync_complete failed: %r", exc)
+        for _ in self.runner.each(
+            "mingle_sync_complete", consumer=c, summary=summary, settings=self.settings
+        ):
+            pass
 
     def _send_event(self, c: Any, summary: MingleSummary) -> None:
         dispatcher = getattr(c, "event_dispatcher", None)
@@ -174,10 +175,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         """The settings, tuned by ``mingle_tune_hello`` and ``mingle_expected_replies``."""
         s = self.settings
         options = HelloOptions(timeout=s.hello_timeout, quiet_window=s.quiet_window, max_clock=s.max_clock)
-        try:
-            self.runner.call("mingle_tune_hello", app=c.app, driver_type=self.driver_type, options=options)
-        except Exception as exc:
-            error("mingle: mingle_tune_hello failed, using the settings: %r", exc)
+        for _ in self.runner.each(
+            "mingle_tune_hello", app=c.app, driver_type=self.driver_type, options=options, settings=s
+        ):
+            pass
         checked = HelloOptions(
             timeout=s.hello_timeout,
             quiet_window=s.quiet_window,
@@ -199,11 +200,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         else:
             error("mingle: mingle_tune_hello set reply_queue=%r, not a queue name; ignored", reply_queue)
         if s.expect_replies:
-            try:
-                count = self.runner.call("mingle_expected_replies", consumer=c, driver_type=self.driver_type)
-            except Exception as exc:
-                error("mingle: mingle_expected_replies failed: %r", exc)
-                count = None
+            count = self.runner.first(
+                "mingle_expected_replies", consumer=c, driver_type=self.driver_type, settings=s
+            )
             if count is not None and (type(count) is not int or count < 0):
                 error("mingle: mingle_expected_replies returned %r, not an integer >= 0; ignored", count)
                 count = None
@@ -216,11 +215,17 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         if options.expected_replies == 0:
             debug("mingle: the broker says no other node listens; no hello sent")
             return {}
-        self._nonce = options.nonce
-        revoked = revoked_for_hello(c.controller.state)
+        with self.mingle_round(c) as rnd:
+            rnd.nonce = options.nonce
+        revoked = compat.revoked_for_hello(c.controller.state)
         try:
-            replies = self.runner.call(
-                "mingle_send_hello", consumer=c, revoked=revoked, timeout=options.timeout, options=options
+            replies = self.runner.first(
+                "mingle_send_hello",
+                consumer=c,
+                revoked=revoked,
+                timeout=options.timeout,
+                options=options,
+                settings=self.settings,
             )
         except PluginHung:
             return {}
@@ -233,106 +238,53 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         replies.pop(c.hostname, None)  # delete my own response
         return replies
 
-    def _reject(self, nodename: str, reason: str) -> None:
-        warning("mingle: rejected the reply of %s: %s", nodename, reason)
-        if self._summary is not None:
-            self._summary.rejected[nodename] = reason
-
     def on_node_reply(self, c: Any, nodename: str, reply: Any) -> None:
-        debug("mingle: processing reply from %s", nodename)
-        try:
-            if not isinstance(reply, Mapping):
-                raise InvalidReply(f"reply is a {type(reply).__name__}, not a mapping")
-            reply = dict(reply)
-            self.check_trust(nodename, reply)
-            self.runner.call("mingle_on_reply", fail_closed=True, consumer=c, nodename=nodename, reply=reply)
-            valid = validate_reply(reply, reply_limits(self.settings, c.controller.state.revoked))
-        except (InvalidReply, RejectReply) as exc:
-            self._reject(nodename, str(exc))
-            return
-        except MemoryError:
-            raise
-        except Exception as exc:  # a check that broke on this reply: it is not merged
-            logger.debug("mingle: traceback of the check of %s", nodename, exc_info=True)
-            self._reject(nodename, f"could not be checked: {exc!r:.200}")
-            return
-        extra = {k: v for k, v in reply.items() if isinstance(k, str) and k not in _RESERVED_KWARGS}
-        self._node = nodename
-        try:
-            self.sync_with_node(c, clock=valid.clock, revoked=valid.revoked, **extra)
-        except MemoryError:
-            raise
-        except Exception as exc:
-            logger.exception("mingle: sync with %s failed: %r", nodename, exc)
-            return
-        finally:
-            self._node = None
-        if self._summary is not None:
-            self._summary.merged_from.append(nodename)
-            self._summary.ids_received += len(valid.revoked or ())
-
-    def check_trust(self, nodename: str, reply: Mapping[str, Any]) -> None:
-        """Apply ``mingle_trusted_nodes`` and ``mingle_hmac_keys``; raise RejectReply."""
-        s = self.settings
-        if not s.trusts(nodename):
-            raise RejectReply("node name not in mingle_trusted_nodes")
-        if s.hmac_keys:
-            problem = protocol.verify(s.hmac_keys, self._nonce or "", nodename, reply)
-            if problem and not (s.accept_unsigned and "mingle" not in reply):
-                raise RejectReply(problem)
+        debug("mingle: processing reply from %s", shown(nodename))
+        with self.mingle_round(c) as rnd:
+            checked = rnd.receive(nodename, reply)
+            if checked is None:
+                return
+            revoked: Any = dict(checked.stamps) if checked.stamps is not None else list(checked.ids)
+            rnd.current = checked
+            try:
+                self.sync_with_node(c, clock=checked.clock, revoked=revoked, **checked.extra)
+            except MemoryError:
+                raise
+            except Exception as exc:
+                logger.exception("mingle: sync with %s failed: %r", checked.nodename, exc)
+                return
+            finally:
+                rnd.current = None
+            rnd.accept(checked)
 
     def sync_with_node(self, c: Any, clock: int | None = None, revoked: Any = None, **kwargs: Any) -> None:
         self.on_clock_event(c, clock)
         self.on_revoked_received(c, revoked)
 
     def on_clock_event(self, c: Any, clock: int | None) -> None:
-        before = c.app.clock.value
-        self.runner.call("mingle_adjust_clock", consumer=c, clock=clock, nodename=self._node)
-        if c.app.clock.value < before:  # a Lamport clock never goes back
-            error("mingle: a mingle_adjust_clock plugin moved the clock back; restored")
-            c.app.clock.adjust(before)
+        with self.mingle_round(c) as rnd:
+            rnd.adjust_clock(clock, rnd.current)
 
     def on_revoked_received(self, c: Any, revoked: Any) -> None:
-        if not revoked:
-            return
-        if self._pending is not None:
-            self._pending.append(revoked)  # merged once, after the last reply
-            return
-        self._merge(c, revoked, self._node)
+        with self.mingle_round(c) as rnd:
+            reply = rnd.current
+            if reply is not None and _same_ids(revoked, reply):
+                rnd.merge(reply)
+                return
+            # Ids given by a subclass, or outside a reply: the same checks first.
+            name = reply.nodename if reply is not None else f"unknown@{c.hostname}"
+            try:
+                given = check_body(name, {"revoked": revoked}, reply_limits(self.settings, rnd.revoked_set))
+            except InvalidReply as exc:
+                rnd.reject(name, str(exc))
+                return
+            if given.ids:
+                base = reply if reply is not None else given
+                rnd.merge(replace(base, ids=given.ids, stamps=given.stamps))
 
-    def _merge_pending(self, c: Any) -> None:
-        """The bulk merge: every reply's ids at once, only those not known yet."""
-        pending, self._pending = self._pending, None
-        if not pending:
-            return
-        revoked_set = c.controller.state.revoked
-        if sends_ids_only(c.controller.state):
-            union = dict.fromkeys(task_id for ids in pending for task_id in ids)
-            new: Any = [task_id for task_id in union if task_id not in revoked_set]
-        else:  # 5.3-5.6 merge keeps the sender's stamps; ids from lists get ours
-            now = time.monotonic()
-            stamps: dict[str, float] = {}
-            for ids in pending:
-                stamps.update(ids if isinstance(ids, dict) else dict.fromkeys(ids, now))
-            new = {task_id: stamp for task_id, stamp in stamps.items() if task_id not in revoked_set}
-        debug("mingle: bulk merge of %d new ids from %d replies", len(new), len(pending))
-        if new:
-            self._merge(c, new, None)
 
-    def _merge(self, c: Any, revoked: Any, nodename: str | None) -> None:
-        revoked_set = c.controller.state.revoked
-        guard = len(self.pm.hook.mingle_merge_revoked.get_hookimpls()) > 1
-        saved = dict(revoked_set._data) if guard else {}
-        self.runner.call("mingle_merge_revoked", consumer=c, revoked=revoked, nodename=nodename)
-        if guard:
-            self._restore_lost(revoked_set, saved)
-
-    def _restore_lost(self, revoked_set: Any, saved: dict[Any, Any]) -> None:
-        """Put back ids a merge plugin removed (eviction by ``maxlen`` aside)."""
-        if revoked_set.maxlen and len(revoked_set) >= revoked_set.maxlen:
-            return  # full: the oldest ids were evicted, as stock does
-        lost = [task_id for task_id in saved if task_id not in revoked_set]
-        if lost:
-            error("mingle: a mingle_merge_revoked plugin removed %d revoked ids; restored", len(lost))
-            for task_id in lost:
-                revoked_set.add(task_id, now=saved[task_id][0])
+def _same_ids(revoked: Any, reply: Reply) -> bool:
+    """Whether ``revoked`` is what ``on_node_reply`` passed for ``reply`` (not a subclass's own)."""
+    if reply.stamps is not None:
+        return isinstance(revoked, dict) and revoked.keys() == reply.stamps.keys()
+    return isinstance(revoked, list) and tuple(revoked) == reply.ids

@@ -2,7 +2,9 @@
 
 ``mingle_transport_compatible`` has none: when every plugin abstains, the
 step's ``compatible_transports`` (the stock set of the installed Celery)
-answers, so that a subclass may change it.
+answers, so that a subclass may change it. ``mingle_merge_revoked`` has
+none: with no policy every id is kept, and the host merges as the installed
+Celery does (:func:`mingle_plugins.compat.merge_ids`).
 
 Registered first under the name ``builtin``, so they run last: any plugin's
 answer comes before them.
@@ -13,43 +15,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .collect import hello_exchange
 from .markers import hookimpl
-from .model import HelloOptions
-from .wire import hello_exchange, sends_ids_only
+from .model import HelloOptions, WorkerConsumer
 
-__all__ = [
-    "mingle_adjust_clock",
-    "mingle_merge_revoked",
-    "mingle_send_hello",
-]
+__all__ = ["mingle_adjust_clock", "mingle_send_hello"]
 
 
 @hookimpl(trylast=True)
-def mingle_send_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Mapping[str, Any] | None:
+def mingle_send_hello(
+    consumer: WorkerConsumer, revoked: Any, options: HelloOptions
+) -> Mapping[str, Any] | None:
     """The stock pidbox ``hello`` broadcast, collected as ``options`` say.
 
     With the default settings this is exactly the stock hello; see
-    :func:`mingle_plugins.wire.hello_exchange` for what the options change.
+    :func:`mingle_plugins.collect.hello_exchange` for what the options change.
     """
     return hello_exchange(consumer, revoked, options)
 
 
 @hookimpl(trylast=True)
-def mingle_adjust_clock(consumer: Any, clock: int | None) -> bool | None:
+def mingle_adjust_clock(consumer: WorkerConsumer, clock: int | None) -> bool | None:
     """``app.clock.adjust(clock)``, or ``forward()`` without a clock, as stock."""
     if clock:
         consumer.app.clock.adjust(clock)
     else:
         consumer.app.clock.forward()
-    return True
-
-
-@hookimpl(trylast=True)
-def mingle_merge_revoked(consumer: Any, revoked: Any) -> bool | None:
-    """``state.merge_revoked`` on 5.7 (ids, local stamps), ``revoked.update`` before."""
-    state = consumer.controller.state
-    if sends_ids_only(state):
-        state.merge_revoked(revoked)
-    else:
-        state.revoked.update(revoked)
     return True

@@ -1,4 +1,4 @@
-"""Remote-control commands this worker answers: ``mingle_status`` (and the hello).
+"""Remote-control commands this worker answers: ``mingle_status``, and the checked ``hello``.
 
 They are installed on *this worker's* pidbox node (a copy of Celery's handler
 table, per consumer), never in Celery's global ``Panel`` registry.
@@ -6,14 +6,12 @@ table, per consumer), never in Celery's global ``Panel`` registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
-from celery.worker import state as worker_state
 
-from . import protocol
-from .wire import InvalidReply, reply_limits, validate_reply
+from .answer import make_hello
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -70,36 +68,3 @@ def install_handlers(parent: Any, step: Mingle) -> bool:
         handlers["hello"] = make_hello(step, stock_hello)
     node.handlers = handlers
     return True
-
-
-def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap the stock ``hello`` handler: a stock request gets the stock reply.
-
-    The ids a request carries are merged (by the stock handler) only when they
-    pass the checks a reply's ids pass, and, with trust settings, only when the
-    sender is trusted and (with ``mingle_hmac_keys``) its request is signed.
-    """
-
-    def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
-        settings = step.settings
-        if revoked and from_node != state.hostname:
-            refused = ""
-            if not settings.trusts(str(from_node)):
-                refused = "not in mingle_trusted_nodes"
-            elif settings.hmac_keys and not settings.accept_unsigned:
-                refused = protocol.verify_request(settings.hmac_keys, from_node, revoked, mingle) or ""
-            if not refused:  # the same checks as a reply's: all of it or nothing
-                try:
-                    limits = reply_limits(settings, worker_state.revoked)
-                    revoked = validate_reply({"revoked": revoked}, limits).revoked
-                except InvalidReply as exc:
-                    refused = str(exc)
-            if refused:
-                logger.warning("mingle: not merging the ids sent by %s: %s", from_node, refused)
-                revoked = None
-        reply = stock_hello(state, from_node, revoked=revoked, **kwargs)
-        if reply is None or not isinstance(mingle, Mapping):
-            return reply
-        return protocol.extend_reply(reply, mingle, state.hostname, settings.hmac_keys)
-
-    return hello

@@ -86,10 +86,11 @@ def demo_config(folder: Path, polling_interval: float = 0.1) -> dict[str, Any]:
 
 def _claiming_plugin(app: Any) -> tuple[str | None, str]:
     """The plugin that claims the ``filesystem`` transport, or ``None`` and why not."""
-    from .diagnostics import decide_transport, plugin_manager
+    from .diagnostics import configure_app, decide_transport
 
-    pm, settings, _ = plugin_manager(app)
-    decision = decide_transport(app, pm, "filesystem", timeout=settings.plugin_timeout, stock=())
+    config, _ = configure_app(app)
+    pm = config.pm
+    decision = decide_transport(app, config.runner, "filesystem", settings=config.settings, stock=())
     if decision.compatible:
         return decision.decided_by, ""
     if decision.refused:

@@ -13,16 +13,17 @@ from __future__ import annotations
 import importlib
 import logging
 from collections import ChainMap
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pluggy
 from kombu.utils.url import maybe_sanitize_url
 
+from .config import MingleConfig, configure
 from .errors import SettingsError
-from .loader import MinglePluginManager, get_plugin_manager
-from .runner import Overdue, call_with_deadline
+from .runner import HookRunner, Overdue, call_with_deadline
 from .settings import MingleSettings, load_settings
 
 __all__ = [
@@ -33,12 +34,11 @@ __all__ = [
     "TransportDecision",
     "TransportInfo",
     "ask_plugin",
+    "configure_app",
     "decide_transport",
     "load_transport",
     "plugin_claims",
-    "plugin_manager",
     "quiet_logs",
-    "resolve_settings",
 ]
 
 HOOK = "mingle_transport_compatible"
@@ -84,23 +84,16 @@ def quiet_logs() -> Iterator[None]:
         log.propagate = saved
 
 
-def resolve_settings(conf: Mapping[str, Any]) -> tuple[MingleSettings, list[SettingsError]]:
-    """The ``mingle_*`` settings of ``conf`` and every problem, also in strict mode.
+def configure_app(app: Any) -> tuple[MingleConfig, list[SettingsError]]:
+    """What a worker of ``app`` would load: settings (plugins' too), plugins, runner; every problem.
 
-    Strict mode raises on the first problem in the worker; here every problem is
-    listed and ``mingle_strict`` keeps its configured value.
+    Never strict (``config.settings.strict`` keeps the configured value); logs are not printed.
     """
-    strict, strict_problems = load_settings({"mingle_strict": conf.get("mingle_strict")}, environ={})
-    settings, problems = load_settings(ChainMap({"mingle_strict": False}, conf))  # type: ignore[arg-type]
-    return replace(settings, strict=strict.strict), strict_problems + problems
-
-
-def plugin_manager(app: Any) -> tuple[MinglePluginManager, MingleSettings, list[SettingsError]]:
-    """The plugins a worker of ``app`` would load (never strict, logs collected, not printed)."""
     with quiet_logs():
-        settings, problems = resolve_settings(app.conf)
-        pm = get_plugin_manager(replace(settings, strict=False))
-    return pm, settings, problems
+        strict, strict_problems = load_settings({"mingle_strict": app.conf.get("mingle_strict")}, environ={})
+        config = configure(ChainMap({"mingle_strict": False}, app.conf))
+    settings = replace(config.settings, strict=strict.strict)
+    return replace(config, settings=settings), strict_problems + list(config.problems)
 
 
 # -- the transport -----------------------------------------------------------
@@ -200,14 +193,10 @@ class Answer:
     answer: bool | None
     #: ``"RuntimeError: boom"`` or ``"TimeoutError: did not return within 5.0s"``; ``""`` if it answered.
     error: str = ""
+    #: As the worker's log says it: ``raised RuntimeError('boom')``, ``did not return ...``.
+    problem: str = ""
     #: It did not return in time (the worker never calls it again).
     hung: bool = False
-
-    def problem(self) -> str:
-        """As the worker's log says it: ``raised ...`` or ``did not return ...``."""
-        if self.hung:
-            return f"{self.error.removeprefix('TimeoutError: ')} and is no longer called"
-        return f"raised {self.error}"
 
 
 @dataclass(frozen=True)
@@ -238,47 +227,38 @@ class TransportDecision:
         return f"no plugin answers; the stock set ({', '.join(sorted(self.stock))})"
 
 
-def _wrappers(pm: MinglePluginManager) -> set[object]:
-    impls = getattr(pm.hook, HOOK).get_hookimpls()
-    return {i.plugin for i in impls if getattr(i, "wrapper", False) or i.hookwrapper}
+def ask_plugin(runner: HookRunner, impl: pluggy.HookImpl, **kwargs: Any) -> Answer:
+    """Call one implementation of ``mingle_transport_compatible`` alone, within the plugin timeout.
 
-
-def ask_plugin(pm: MinglePluginManager, plugin: object, app: Any, driver_type: str, timeout: float) -> Answer:
-    """Call one plugin's ``mingle_transport_compatible`` alone (with the hook's wrappers)."""
-    keep = _wrappers(pm) | {plugin}
-    caller = pm.subset_hook_caller(HOOK, remove_plugins=[p for p in pm.get_plugins() if p not in keep])
-    name = pm.get_name(plugin) or repr(plugin)
+    A plugin that does not return in time joins ``runner.hung``: it is not asked again.
+    """
+    name = runner.plugin_name(impl.plugin)
+    args = {arg: kwargs[arg] for arg in (*impl.argnames, *impl.kwargnames) if arg in kwargs}
     try:
-        got = call_with_deadline(caller, timeout, app=app, driver_type=driver_type)
-    except Overdue as exc:
-        return Answer(name, None, f"TimeoutError: {exc}", hung=True)
+        got = call_with_deadline(impl.function, runner.timeout, **args)
+    except Overdue:
+        runner.hung.add(impl.plugin)
+        late = f"did not return within {runner.timeout:.1f}s"
+        return Answer(name, None, f"TimeoutError: {late}", f"{late} and is no longer called", hung=True)
     except Exception as exc:
-        return Answer(name, None, _error(exc))
+        return Answer(name, None, _error(exc), f"raised {exc!r:.300}")
     return Answer(name, None if got is None else bool(got))
 
 
 def decide_transport(
-    app: Any,
-    pm: MinglePluginManager,
-    driver_type: str,
-    *,
-    timeout: float,
-    stock: Collection[str],
-    skip: Collection[object] = (),
+    app: Any, runner: HookRunner, driver_type: str, *, settings: MingleSettings, stock: Collection[str]
 ) -> TransportDecision:
-    """Ask the plugins, in call order, whether workers mingle on ``driver_type``.
+    """Ask the plugins, in pluggy's call order, whether workers mingle on ``driver_type``.
 
     :param stock: the driver types used when no plugin answers (the step's
         ``compatible_transports``).
-    :param skip: plugins not to ask (the worker's hung ones).
     """
     answers: list[Answer] = []
-    wrappers = _wrappers(pm)
     stock = frozenset(stock)
-    for impl in reversed(getattr(pm.hook, HOOK).get_hookimpls()):  # pluggy's call order
-        if impl.plugin in skip or impl.plugin in wrappers:
+    for impl in runner.implementations(HOOK):
+        if impl.plugin in runner.hung:
             continue
-        answer = ask_plugin(pm, impl.plugin, app, driver_type, timeout)
+        answer = ask_plugin(runner, impl, app=app, driver_type=driver_type, settings=settings)
         answers.append(answer)
         if answer.answer is not None:
             return TransportDecision(driver_type, answer.answer, answer.plugin, tuple(answers), stock)
@@ -286,7 +266,7 @@ def decide_transport(
 
 
 def plugin_claims(
-    pm: MinglePluginManager, plugin: object, app: Any, drivers: Sequence[str], timeout: float
+    runner: HookRunner, plugin: object, app: Any, drivers: Sequence[str], settings: MingleSettings
 ) -> tuple[list[str], list[str], list[str]]:
     """``(claimed, refused, errors)`` among ``drivers`` for one plugin.
 
@@ -295,16 +275,15 @@ def plugin_claims(
     claimed: list[str] = []
     refused: list[str] = []
     errors: list[str] = []
-    if HOOK not in pm.hook_names(plugin):
-        return claimed, refused, errors
-    for driver in drivers:
-        got = ask_plugin(pm, plugin, app, driver, timeout)
-        if got.error:
-            errors.append(f"{driver}: {got.error}")
-            if got.hung:
-                break
-        elif got.answer is True:
-            claimed.append(driver)
-        elif got.answer is False:
-            refused.append(driver)
+    for impl in [i for i in runner.implementations(HOOK) if i.plugin is plugin]:
+        for driver in drivers:
+            got = ask_plugin(runner, impl, app=app, driver_type=driver, settings=settings)
+            if got.error:
+                errors.append(f"{driver}: {got.error}")
+                if got.hung:
+                    break
+            elif got.answer is True:
+                claimed.append(driver)
+            elif got.answer is False:
+                refused.append(driver)
     return claimed, refused, errors

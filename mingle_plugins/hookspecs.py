@@ -1,15 +1,17 @@
 """The hook specifications: the contract between the Mingle step and plugins.
 
 Every hook is called with keyword arguments; an implementation may accept any
-subset of them. Built-in implementations (:mod:`mingle_plugins.builtin`) give
-stock Celery behaviour and are registered first, so that they run last.
-A plugin whose implementation raises is skipped for that call, with one log
-line naming it; the call is then answered without it.
+subset of them. Each implementation is called on its own: one that raises or
+hangs is skipped alone, named in one log line, and no implementation runs
+twice in one call. Built-in implementations (:mod:`mingle_plugins.builtin`)
+give stock Celery behaviour and run last.
+
+Docstrings are Markdown: ``docs/hooks.md`` is generated from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .markers import hookspec
@@ -17,9 +19,11 @@ from .markers import hookspec
 if TYPE_CHECKING:
     from celery import Celery
 
-    from .model import HelloOptions, MingleSummary
+    from .model import HelloOptions, MingleSummary, Reply, WorkerConsumer
+    from .settings import MingleSettings, SettingsRegistry
 
-__all__ = [  # in the order a mingle calls them
+__all__ = [  # in the order a worker calls them
+    "mingle_add_settings",
     "mingle_transport_compatible",
     "mingle_tune_hello",
     "mingle_expected_replies",
@@ -31,161 +35,242 @@ __all__ = [  # in the order a mingle calls them
 ]
 
 
+@hookspec
+def mingle_add_settings(registry: SettingsRegistry) -> None:
+    """Declare this plugin's settings.
+
+    Called once when the worker (or `celery mingle check`) loads the plugins,
+    before any other hook. Call `registry.add("<plugin>", MySettings)` where
+    `MySettings` is a frozen dataclass whose fields are made with
+    `mingle_plugins.setting(default, doc, parser)`. The host reads
+    `mingle_plugin_settings["<plugin>"]`, parses every value once (a bad value
+    is logged with what is accepted and the default is used; `mingle_strict`
+    stops the worker), lists them in `celery mingle check`, and hands them to
+    every hook as `settings.plugin(MySettings)`.
+
+    Arguments:
+
+    - `registry`: the `SettingsRegistry` to declare into.
+
+    Returns: ignored. Not `firstresult`: every implementation is called.
+
+    .. versionadded:: 0.2
+    """
+
+
 @hookspec(firstresult=True)
-def mingle_transport_compatible(app: Celery, driver_type: str) -> bool | None:
+def mingle_transport_compatible(app: Celery, driver_type: str, settings: MingleSettings) -> bool | None:
     """Say whether workers can mingle on this transport.
 
     Called once, when the consumer's Mingle step is created (before any
-    connection is used for a hello), and by ``celery mingle check``.
+    connection is used for a hello), and by `celery mingle check`.
 
-    :param app: the Celery application.
-    :param driver_type: the broker transport's ``driver_type``, e.g.
-        ``"redis"``, ``"amqp"``, ``"filesystem"``.
-    :return: ``True`` to claim the transport, ``False`` to refuse it,
-        ``None`` to abstain. ``firstresult``: the first ``True`` or ``False``
-        wins, so return ``None`` for transports you know nothing about.
-        When every plugin abstains, the step's ``compatible_transports`` answers:
-        the stock set of the installed Celery.
+    Arguments:
+
+    - `app`: the Celery application.
+    - `driver_type`: the broker transport's `driver_type`, e.g. `"redis"`, `"amqp"`, `"filesystem"`.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: `True` to claim the transport, `False` to refuse it, `None` to
+    abstain. `firstresult`: the first `True` or `False` wins, so return `None`
+    for transports you know nothing about. When every plugin abstains, the
+    step's `compatible_transports` answers: the stock set of the installed Celery.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       `settings`.
     """
 
 
 @hookspec
-def mingle_tune_hello(app: Celery, driver_type: str, options: HelloOptions) -> None:
+def mingle_tune_hello(app: Celery, driver_type: str, options: HelloOptions, settings: MingleSettings) -> None:
     """Adjust how the hello is collected on a transport.
 
-    Called at every mingle, before ``mingle_expected_replies``, with
-    ``options`` already filled from the settings (``mingle_hello_timeout``,
-    ``mingle_quiet_window``). Every implementation is called; each may change
-    ``options`` in place (a transport plugin typically raises ``timeout``
-    above its polling interval, so that late replies are not lost). Values
-    are validated after the hook: a negative or non-numeric one is logged
-    and replaced by the setting.
+    Called at every mingle, before `mingle_expected_replies`, with `options`
+    already filled from the settings (`mingle_hello_timeout`,
+    `mingle_quiet_window`). Each implementation may change `options` in place
+    (a polling transport typically calls `options.allow_late_replies(window)`).
+    Values are checked after the hook: a bad one is logged and replaced by the setting.
 
-    :param app: the Celery application.
-    :param driver_type: the broker transport's ``driver_type``.
-    :param options: the :class:`~mingle_plugins.HelloOptions` to adjust.
-    :return: ignored. Not ``firstresult``: every implementation is called.
+    Arguments:
+
+    - `app`: the Celery application.
+    - `driver_type`: the broker transport's `driver_type`.
+    - `options`: the `HelloOptions` to adjust.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: ignored. Not `firstresult`: every implementation is called, once.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       `settings`.
     """
 
 
 @hookspec(firstresult=True)
-def mingle_expected_replies(consumer: Any, driver_type: str) -> int | None:
+def mingle_expected_replies(
+    consumer: WorkerConsumer, driver_type: str, settings: MingleSettings
+) -> int | None:
     """Count the neighbours that will answer the hello, when the broker can tell.
 
     Called at every mingle, right before the hello is sent, only when
-    ``mingle_expect_replies`` is on. Knowing the count lets the collection end
-    as soon as every neighbour answered instead of waiting for the idle
-    timeout; ``0`` skips the hello (the worker is alone).
+    `mingle_expect_replies` is on. Knowing the count lets the collection end as
+    soon as every neighbour answered; `0` skips the hello (the worker is alone).
 
-    :param consumer: the worker's ``Consumer`` (``consumer.connection`` is the
-        broker connection, ``consumer.hostname`` this node's name).
-    :param driver_type: the broker transport's ``driver_type``.
-    :return: the number of *other* nodes that will answer, or ``None`` when
-        unknown. ``firstresult``: the first non-``None`` count is used.
-        An overestimate only costs the timeout; an underestimate loses replies.
+    Arguments:
+
+    - `consumer`: the worker's `Consumer` (`consumer.connection`, `consumer.hostname`).
+    - `driver_type`: the broker transport's `driver_type`.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: the number of *other* nodes that will answer, or `None` when
+    unknown. `firstresult`: the first non-`None` count is used. An
+    overestimate only costs the timeout; an underestimate loses replies.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       `settings`.
     """
 
 
 @hookspec(firstresult=True)
 def mingle_send_hello(
-    consumer: Any, revoked: Any, timeout: float, options: HelloOptions
+    consumer: WorkerConsumer, revoked: Any, timeout: float, options: HelloOptions, settings: MingleSettings
 ) -> Mapping[str, Any] | None:
     """Send the hello to the neighbours and collect their replies.
 
-    Called at every mingle, after ``mingle_tune_hello``. The built-in
-    implementation broadcasts the stock ``hello`` control command through the
-    pidbox, the way the installed Celery does; a transport plugin with its own
-    channel (a database table, say) implements this hook.
+    Called at every mingle, after `mingle_tune_hello`. The built-in
+    implementation broadcasts the stock `hello` control command through the
+    pidbox, as the installed Celery does; a transport with its own channel
+    implements this hook.
 
-    :param consumer: the worker's ``Consumer``.
-    :param revoked: what this node sends as its revoked ids, in the installed
-        Celery's format (a list of ids on 5.7, the stamp dict before).
-    :param timeout: ``options.timeout``, given separately for convenience.
-    :param options: the tuned :class:`~mingle_plugins.HelloOptions`.
-    :return: ``{node name: reply}`` as received, this node's own reply may be
-        left in (it is removed). ``firstresult``: return ``None`` to let the
-        next implementation (ultimately the pidbox broadcast) send it.
+    Arguments:
+
+    - `consumer`: the worker's `Consumer`.
+    - `revoked`: what this node sends as its revoked ids, in the installed
+      Celery's format (a list of ids on 5.7, the stamp dict before).
+    - `timeout`: `options.timeout`, given separately for convenience.
+    - `options`: the tuned `HelloOptions`.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: `{node name: reply body}` as received (this node's own reply may
+    be left in: it is removed). Each body is checked and turned into a `Reply`
+    by the host. `firstresult`: return `None` to let the next implementation
+    (ultimately the pidbox broadcast) send it.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       `settings`.
     """
 
 
 @hookspec
-def mingle_on_reply(consumer: Any, nodename: str, reply: dict[str, Any]) -> None:
-    """Inspect, transform or reject one neighbour's reply before it is merged.
+def mingle_on_reply(consumer: WorkerConsumer, reply: Reply, settings: MingleSettings) -> Reply | None:
+    """Inspect, transform or reject one neighbour's reply (or hello request).
 
-    Called once per reply that is a mapping, in arrival order, before the
-    built-in validation. Every implementation is called, in plugin order.
+    Called once per reply that passed the built-in checks and the trust
+    settings, in arrival order, on the asking side (`reply.source == "reply"`)
+    and on the answering side, for the ids a neighbour's hello request carries
+    (`reply.source == "request"`). Implementations are called in plugin order;
+    each sees the reply as the previous one returned it.
 
-    :param consumer: the worker's ``Consumer``.
-    :param nodename: the node that sent the reply.
-    :param reply: a copy of the reply, owned by this mingle: change it in
-        place to transform it (the next implementations see the change).
-    :return: ignored. Raise :class:`~mingle_plugins.RejectReply` to reject the
-        whole reply; any other exception also rejects it (fail closed) and is
-        logged with the plugin's name. After the hook the built-in validation
-        still checks the (transformed) reply, whole or nothing. Not
-        ``firstresult``: every implementation is called.
+    Arguments:
+
+    - `consumer`: the worker's `Consumer`.
+    - `reply`: the checked `Reply` (node name, clock, ids, sender's stamps).
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: `None` to keep the reply as it is, or a new `Reply` (made with
+    `dataclasses.replace(reply, ...)`) to transform it; the result is checked
+    again. Raise `RejectReply` to reject the whole reply; any other exception,
+    or a hang, also rejects it (fail closed), with the plugin named. Not
+    `firstresult`: every implementation is called, once.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       Gets the typed `reply` instead of `nodename` and a dict; returns the
+       transformed reply instead of changing a dict; also called on the answering side.
     """
 
 
 @hookspec(firstresult=True)
-def mingle_adjust_clock(consumer: Any, clock: int | None, nodename: str | None) -> bool | None:
+def mingle_adjust_clock(
+    consumer: WorkerConsumer, clock: int | None, reply: Reply | None, settings: MingleSettings
+) -> bool | None:
     """Move this node's Lamport clock on a neighbour's clock.
 
-    Called once per accepted reply, before its revoked ids are merged.
+    Called once per accepted reply, before its ids go to the merge policies.
+    The step never lets the clock go back, whatever an implementation does.
 
-    :param consumer: the worker's ``Consumer`` (``consumer.app.clock``).
-    :param clock: the neighbour's validated clock, or ``None`` if it sent none.
-    :param nodename: the neighbour, or ``None`` when called through a
-        subclass's ``on_clock_event`` outside a reply.
-    :return: ``True`` when handled. ``firstresult``: return ``None`` to leave
-        it to the next one; the built-in does what stock does,
-        ``app.clock.adjust(clock)`` or ``app.clock.forward()`` without a clock.
+    Arguments:
 
-    .. versionadded:: 0.1
-    """
+    - `consumer`: the worker's `Consumer` (`consumer.app.clock`).
+    - `clock`: the neighbour's checked clock, or `None` if it sent none.
+    - `reply`: the `Reply` it came with, or `None` when called through a
+      subclass's `on_clock_event` outside a reply.
+    - `settings`: the resolved `MingleSettings`.
 
-
-@hookspec(firstresult=True)
-def mingle_merge_revoked(consumer: Any, revoked: Any, nodename: str | None) -> bool | None:
-    """Merge a neighbour's validated revoked ids into this worker's revoked set.
-
-    Called once per accepted reply that carries revoked ids.
-
-    :param consumer: the worker's ``Consumer``
-        (``consumer.controller.state.revoked`` is the set).
-    :param revoked: a list of ids (Celery 5.7 senders) or a ``{id: stamp}``
-        dict (5.3 to 5.6 senders), already validated.
-    :param nodename: the neighbour, or ``None`` outside a reply.
-    :return: ``True`` when merged. ``firstresult``: return ``None`` to leave it
-        to the next one. The built-in does exactly what the installed Celery
-        does: ``state.merge_revoked(ids)`` on 5.7 (local stamps), and
-        ``state.revoked.update(revoked)`` before (sender's stamps). A policy
-        must only ever add ids: the step checks that no id was lost.
+    Returns: `True` when handled. `firstresult`: return `None` to leave it to
+    the next one; the built-in does what stock does, `app.clock.adjust(clock)`,
+    or `app.clock.forward()` without a clock.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       `reply` instead of `nodename`; `settings`.
     """
 
 
 @hookspec
-def mingle_sync_complete(consumer: Any, summary: MingleSummary) -> None:
+def mingle_merge_revoked(
+    consumer: WorkerConsumer, reply: Reply, ids: tuple[str, ...], settings: MingleSettings
+) -> Iterable[str] | None:
+    """Decide which of a reply's revoked ids this worker merges: a merge policy.
+
+    Called once per accepted reply (or hello request) that carries ids, with
+    the node name in `reply.nodename`, on every path: per-reply merge, bulk
+    merge (`mingle_merge = "bulk"`: the policies run per reply, before the
+    union) and the answering side. The host then merges the ids every policy
+    kept, as the installed Celery merges (`state.merge_revoked` on 5.7, the
+    sender's stamps on 5.3-5.6). A policy can only keep or drop a reply's ids:
+    it never removes ids the worker already had.
+
+    Arguments:
+
+    - `consumer`: the worker's `Consumer` (`consumer.controller.state.revoked` is the set:
+      read it, do not change it).
+    - `reply`: the `Reply`, after `mingle_on_reply`.
+    - `ids`: the ids to decide on (`reply.ids`).
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: the ids to keep (any iterable; ids not in `ids` are ignored):
+    `ids` or `None` keeps all, `()` keeps none. Not `firstresult`: every policy
+    is called, once, with the same ids; an id is merged only when every policy
+    kept it. What each policy dropped is counted per node and per plugin in
+    the summary. A policy that raises or hangs is skipped (it drops nothing).
+
+    .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       A policy returns the ids to keep and the host merges them; it used to
+       merge them itself (`firstresult`, `revoked` and `nodename` arguments).
+    """
+
+
+@hookspec
+def mingle_sync_complete(consumer: WorkerConsumer, summary: MingleSummary, settings: MingleSettings) -> None:
     """Observe the outcome of a mingle (for logs, metrics, alerts).
 
     Called once at the end of every mingle, also when the worker was alone,
     the hello was skipped or every reply was rejected.
 
-    :param consumer: the worker's ``Consumer``.
-    :param summary: the :class:`~mingle_plugins.MingleSummary`.
-    :return: ignored. Not ``firstresult``: every implementation is called.
+    Arguments:
+
+    - `consumer`: the worker's `Consumer`.
+    - `summary`: the `MingleSummary` (`summary.nodes` has each node's outcome).
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: ignored. Not `firstresult`: every implementation is called, once.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       `settings`.
     """

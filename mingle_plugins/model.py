@@ -1,11 +1,31 @@
-"""Plain data passed to and from hooks: hello options and the mingle summary."""
+"""The values hooks receive: hello options, one neighbour's reply, the mingle summary."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-__all__ = ["HelloOptions", "MingleSummary"]
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["HelloOptions", "MingleSummary", "NodeOutcome", "Reply", "WorkerConsumer"]
+
+
+class WorkerConsumer(Protocol):
+    """What the hooks use of Celery's worker ``Consumer`` (``celery.worker.consumer.Consumer``).
+
+    .. versionadded:: 0.2
+    """
+
+    #: The Celery application (``app.clock`` is the Lamport clock, ``app.conf`` the configuration).
+    app: Celery
+    #: This worker's node name, ``name@host``.
+    hostname: str
+    #: The broker connection the consumer uses (``connection.transport.driver_type``).
+    connection: Any
+    #: The worker; ``controller.state.revoked`` is its revoked set (a ``LimitedSet``).
+    controller: Any
 
 
 @dataclass
@@ -71,6 +91,70 @@ class HelloOptions:
             self.polling_interval = reply_polling_interval
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One neighbour's reply (or hello request), checked, as every hook sees it.
+
+    Made once, when the reply arrives, by the checks of
+    :mod:`mingle_plugins.checks`; the same value goes to ``mingle_on_reply``,
+    ``mingle_adjust_clock`` and ``mingle_merge_revoked``. A ``mingle_on_reply``
+    implementation that transforms a reply returns a new one
+    (``dataclasses.replace(reply, ids=...)``), which is checked again.
+
+    Attributes:
+        nodename: the node that sent it (checked: bounded, printable, ``name@host``).
+        clock: the sender's Lamport clock, or ``None`` if it sent none.
+        ids: the revoked task ids it carries, in the sender's order (oldest first).
+        stamps: the sender's ``{id: stamp}`` when its Celery (5.3 to 5.6) sends
+            stamps, else ``None``. Stamps are the sender's ``time.monotonic()``
+            and mean nothing on another host; the merge of a 5.3-5.6 worker
+            keeps them, as stock does.
+        source: ``"reply"`` for an answer to this worker's hello, ``"request"``
+            for the ids of a neighbour's hello request (the answering side).
+        extension: the ``mingle`` block of a sender running this package
+            (digest, count, signature), else empty.
+        extra: any other keys of the reply (stock passes them to
+            ``sync_with_node`` as keyword arguments).
+
+    .. versionadded:: 0.2
+    """
+
+    nodename: str
+    clock: int | None = None
+    ids: tuple[str, ...] = ()
+    stamps: Mapping[str, float] | None = field(default=None, repr=False)
+    source: Literal["reply", "request"] = "reply"
+    extension: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class NodeOutcome:
+    """What became of one node's reply in one mingle.
+
+    Attributes:
+        status: ``"accepted"`` (checked, clock and policies applied) or
+            ``"rejected"`` (nothing of it used).
+        reason: why it was rejected, else ``""``.
+        ids_received: ids the reply carried.
+        ids_kept: ids the merge policies kept (all of them with no policy).
+        ids_merged: kept ids that were new to this worker and were added by this reply.
+        ids_over_share: new ids not merged because they would have evicted more
+            than ``mingle_max_share`` of the worker's full revoked set.
+        dropped_by: ``{plugin name: ids it dropped}``.
+
+    .. versionadded:: 0.2
+    """
+
+    status: Literal["accepted", "rejected"] = "accepted"
+    reason: str = ""
+    ids_received: int = 0
+    ids_kept: int = 0
+    ids_merged: int = 0
+    ids_over_share: int = 0
+    dropped_by: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass
 class MingleSummary:
     """What one mingle did; passed to ``mingle_sync_complete``.
@@ -79,10 +163,17 @@ class MingleSummary:
         hostname: this worker's node name.
         transport: the broker transport's ``driver_type``.
         neighbours: node names that answered, in arrival order.
-        merged_from: node names whose reply was merged.
+        accepted: node names whose reply was accepted (checked and synced).
+        merged_from: node names from whose reply at least one id was merged.
         rejected: ``{node name: reason}`` for each reply rejected whole.
-        ids_received: revoked ids received, summed over the merged replies.
+        nodes: ``{node name: NodeOutcome}``, every reply's fate.
+        ids_received: revoked ids received, summed over the accepted replies.
+        ids_dropped: ids the merge policies dropped, summed over the replies.
+        dropped_by: ``{plugin name: ids dropped}``, summed over the replies.
         ids_merged: ids that were not in the revoked set before and are now.
+        ids_over_share: ids not merged because one node's ids would have evicted
+            more than ``mingle_max_share`` of the full revoked set.
+        duplicates: ``{node name: extra replies}`` for names that answered more than once.
         revoked_before: size of the revoked set before the mingle.
         revoked_after: size of the revoked set after the mingle.
         clock_before: the Lamport clock before the mingle.
@@ -92,15 +183,25 @@ class MingleSummary:
             replies (after they were received and decoded).
         plugins: names of the plugins loaded in this worker.
         skipped: why the hello was not sent, or ``None``.
+
+    .. versionchanged:: 0.2
+       ``accepted``, ``nodes``, ``ids_dropped``, ``dropped_by``, ``ids_over_share``, ``duplicates``;
+       ``merged_from`` lists only the nodes that brought a new id.
     """
 
     hostname: str
     transport: str
     neighbours: list[str] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
     merged_from: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, NodeOutcome] = field(default_factory=dict)
     ids_received: int = 0
+    ids_dropped: int = 0
+    dropped_by: dict[str, int] = field(default_factory=dict)
     ids_merged: int = 0
+    ids_over_share: int = 0
+    duplicates: dict[str, int] = field(default_factory=dict)
     revoked_before: int = 0
     revoked_after: int = 0
     clock_before: int = 0

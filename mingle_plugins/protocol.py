@@ -8,7 +8,11 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   ``mingle = {"v": 1, "digest": D, "count": N}``, where ``D`` is the SHA-256 of
   the node's sorted revoked ids. The newcomer then asks one node per digest
   it does not have for the full list (``want: "full"``, with ``destination``).
-- ``"nonce": S``: with ``mingle_hmac_keys`` set, the reply gets
+- ``"nonce": S, "sent_at": T, "request_signature": R``: with ``mingle_hmac_keys``
+  set, the request is signed (HMAC-SHA256 of the nonce, the sender, the digest
+  of the ids it carries and its send time T, ``time.time()``); a receiver
+  refuses a request older than ``mingle_signature_max_age`` or whose nonce it
+  has seen (a replay). The reply gets
   ``mingle.signature``, an HMAC-SHA256 (first key) of the nonce, the node
   name, the clock, the digest of the ids carried and the advertised digest
   and count. The receiver checks it against each configured key.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -64,44 +69,52 @@ def _message(nonce: str, node: str, clock: Any, carried: str, ext: Mapping[str, 
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
-def sign(key: str, nonce: str, node: str, reply: Mapping[str, Any], ext: Mapping[str, Any]) -> str:
-    """The signature of ``reply`` (with extension fields ``ext``) for one request."""
-    carried = digest(reply_ids(reply.get("revoked")))
-    return hmac.new(
-        key.encode(), _message(nonce, node, reply.get("clock"), carried, ext), "sha256"
-    ).hexdigest()
+def sign(key: str, nonce: str, node: str, clock: Any, ids: Iterable[str], ext: Mapping[str, Any]) -> str:
+    """The signature of a reply (its clock, the ids it carries, extension fields ``ext``)."""
+    message = _message(nonce, node, clock, digest(ids), ext)
+    return hmac.new(key.encode(), message, "sha256").hexdigest()
 
 
-def verify(keys: Sequence[str], nonce: str, node: str, reply: Mapping[str, Any]) -> str | None:
+def verify(
+    keys: Sequence[str], nonce: str, node: str, clock: Any, ids: Iterable[str], ext: Mapping[str, Any]
+) -> str | None:
     """Check a reply's signature; return ``None`` if valid, else the reason."""
-    ext = reply.get("mingle")
-    if not isinstance(ext, Mapping) or not isinstance(ext.get("signature"), str):
+    signature = ext.get("signature")
+    if not isinstance(signature, str):
         return "unsigned reply (mingle_hmac_keys is set)"
-    signature = ext["signature"]
+    ids = list(ids)
     for key in keys:
-        if hmac.compare_digest(sign(key, nonce, node, reply, ext), signature):
+        if hmac.compare_digest(sign(key, nonce, node, clock, ids, ext), signature):
             return None
     return "bad signature: no configured key matches (or the reply was altered or replayed)"
 
 
-def _request_message(nonce: str, node: str, revoked: Any) -> bytes:
-    return json.dumps([VERSION, "request", nonce, node, digest(reply_ids(revoked))]).encode()
+def _request_message(nonce: str, node: str, revoked: Any, sent_at: float) -> bytes:
+    fields = [VERSION, "request", nonce, node, digest(reply_ids(revoked)), repr(float(sent_at))]
+    return json.dumps(fields).encode()
 
 
-def sign_request(key: str, nonce: str, node: str, revoked: Any) -> str:
-    """The signature of a hello request: its nonce, sender and the ids it carries."""
-    return hmac.new(key.encode(), _request_message(nonce, node, revoked), "sha256").hexdigest()
+def sign_request(key: str, nonce: str, node: str, revoked: Any, sent_at: float) -> str:
+    """The signature of a hello request: its nonce, sender, the ids it carries and when it was sent."""
+    return hmac.new(key.encode(), _request_message(nonce, node, revoked, sent_at), "sha256").hexdigest()
 
 
 def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> str | None:
-    """Check a hello request's signature; return ``None`` if valid, else the reason."""
+    """Check a hello request's signature; return ``None`` if valid, else the reason.
+
+    The request's age and nonce are checked apart (:class:`~mingle_plugins.checks.ReplayGuard`):
+    they are only worth checking once the signature shows they are the sender's.
+    """
     if not isinstance(ext, Mapping) or not isinstance(ext.get("request_signature"), str):
         return "unsigned request"
-    nonce = ext.get("nonce")
-    if not isinstance(nonce, str):
-        return "request without a nonce"
+    nonce, stamp = ext.get("nonce"), ext.get("sent_at")
+    if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
+        return "request without a valid nonce"
+    if not isinstance(stamp, (int, float)) or isinstance(stamp, bool) or not math.isfinite(stamp):
+        return "request without a valid send time"
+    sent_at = float(stamp)
     for key in keys:
-        if hmac.compare_digest(sign_request(key, nonce, node, revoked), ext["request_signature"]):
+        if hmac.compare_digest(sign_request(key, nonce, node, revoked, sent_at), ext["request_signature"]):
             return None
     return "bad request signature"
 
@@ -119,6 +132,6 @@ def extend_reply(
         out["revoked"] = type(reply.get("revoked") or [])()  # [] or {}, as this Celery sends
     nonce = request.get("nonce")
     if keys and isinstance(nonce, str):
-        ext["signature"] = sign(keys[0], nonce, node, out, ext)
+        ext["signature"] = sign(keys[0], nonce, node, out.get("clock"), reply_ids(out.get("revoked")), ext)
     out["mingle"] = ext
     return out

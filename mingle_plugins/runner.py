@@ -1,18 +1,22 @@
-"""Calling hooks so that a broken or hanging plugin cannot stop the worker.
+"""Calling hooks one implementation at a time, so that a faulty plugin is skipped alone.
 
-A plugin implementation that raises is named in one log line and the call is
-made again without it; one that does not return within ``mingle_plugin_timeout``
-is named, left behind in its thread, and not called again by this worker.
-With only the built-in implementations registered, hooks are called directly.
+pluggy runs every implementation of a hook in one loop, where an exception
+ends the whole call; calling the hook again without the culprit would run
+the others twice. Here each implementation is called on its own, in pluggy's
+order (last registered first, ``tryfirst``/``trylast`` honoured): one that
+raises is named in one log line and skipped for that call; one that does not
+return within ``mingle_plugin_timeout`` is named, left behind in its thread,
+and never called again by this worker. The built-in implementations are
+called directly, without a thread. Hook wrappers are not supported (a
+wrapper's implementation is skipped with one log line).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
-from collections.abc import Callable
-from types import FrameType, TracebackType
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -20,29 +24,13 @@ import pluggy
 from .errors import RejectReply
 from .loader import BUILTIN_NAME, MinglePluginManager
 
-__all__ = ["HookRunner", "Overdue", "PluginHung", "call_with_deadline"]
+__all__ = ["HookRunner", "ImplResult", "Overdue", "PluginHung", "call_with_deadline"]
 
 logger = logging.getLogger("mingle_plugins")
 
 
 class PluginHung(Exception):
     """A hook implementation did not return in time."""
-
-
-def _frames_of_traceback(tb: TracebackType | None) -> list[FrameType]:
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    return frames
-
-
-def _frames_of_stack(frame: FrameType | None) -> list[FrameType]:
-    frames = []
-    while frame is not None:
-        frames.append(frame)
-        frame = frame.f_back
-    return frames
 
 
 class Overdue(TimeoutError):
@@ -66,7 +54,7 @@ def call_with_deadline(fn: Callable[..., Any], timeout: float, /, **kwargs: Any)
         except BaseException as exc:  # handed to the calling thread
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"mingle-{getattr(fn, 'name', 'call')}", daemon=True)
+    thread = threading.Thread(target=target, name=f"mingle-{getattr(fn, '__name__', 'call')}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
@@ -76,78 +64,97 @@ def call_with_deadline(fn: Callable[..., Any], timeout: float, /, **kwargs: Any)
     return box.get("result")
 
 
+@dataclass(frozen=True)
+class ImplResult:
+    """What one implementation returned, and whose it is."""
+
+    plugin: str
+    value: Any
+
+
 class HookRunner:
-    """Calls the mingle hooks of one plugin manager, skipping faulty plugins."""
+    """Calls the mingle hooks of one plugin manager, each implementation on its own."""
 
     def __init__(self, pm: MinglePluginManager, timeout: float) -> None:
         self.pm = pm
         self.timeout = timeout
         #: Plugins that hung: never called again by this worker.
         self.hung: set[object] = set()
+        self._warned_wrappers: set[int] = set()
 
     def plugin_name(self, plugin: object) -> str:
         return self.pm.get_name(plugin) or repr(plugin)
 
-    def _culprit(self, caller: pluggy.HookCaller, frames: list[FrameType]) -> object | None:
-        codes = {impl.function.__code__: impl.plugin for impl in caller.get_hookimpls()}
-        for frame in frames:
-            plugin = codes.get(frame.f_code)
-            if plugin is not None:
-                return plugin
-        return None
-
-    def _caller(self, name: str, skip: set[object]) -> pluggy.HookCaller:
+    def implementations(self, name: str) -> list[pluggy.HookImpl]:
+        """The implementations of hook ``name`` in the order pluggy would call them."""
         caller: pluggy.HookCaller = getattr(self.pm.hook, name)
-        if skip:
-            return self.pm.subset_hook_caller(name, remove_plugins=skip)
-        return caller
+        impls = []
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                if id(impl) not in self._warned_wrappers:
+                    self._warned_wrappers.add(id(impl))
+                    logger.error(
+                        "mingle: plugin %r: hook wrappers are not supported; its %s is not called",
+                        self.plugin_name(impl.plugin),
+                        name,
+                    )
+                continue
+            impls.append(impl)
+        return impls
 
-    def _call_with_deadline(self, caller: pluggy.HookCaller, kwargs: dict[str, Any]) -> Any:
+    def _call_one(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        args = {arg: kwargs[arg] for arg in (*impl.argnames, *impl.kwargnames) if arg in kwargs}
+        if impl.plugin is self.pm.get_plugin(BUILTIN_NAME):
+            return impl.function(**args)
         try:
-            return call_with_deadline(caller, self.timeout, **kwargs)
-        except Overdue as overdue:
-            frame = sys._current_frames().get(overdue.thread.ident or -1)
-            raise PluginHung(self._culprit(caller, _frames_of_stack(frame))) from None
+            return call_with_deadline(impl.function, self.timeout, **args)
+        except Overdue:
+            raise PluginHung(impl.plugin) from None
 
-    def call(self, name: str, *, fail_closed: bool = False, **kwargs: Any) -> Any:
-        """Call hook ``name``; on a plugin fault, log it and call again without it.
+    def each(self, name: str, *, fail_closed: bool = False, **kwargs: Any) -> Iterator[ImplResult]:
+        """Call every implementation of ``name`` once, yielding what each returned.
 
-        :param fail_closed: raise :class:`RejectReply` naming the faulty plugin
-            instead of calling again without it (for ``mingle_on_reply``).
+        A faulty implementation is logged and skipped. With ``fail_closed``
+        (checks such as ``mingle_on_reply``), a fault raises :class:`RejectReply`
+        naming the plugin instead, and a plugin that hung before keeps failing
+        closed. The caller may stop early (``firstresult``).
         """
-        builtin_plugin = self.pm.get_plugin(BUILTIN_NAME)
-        skip: set[object] = set(self.hung)
-        if fail_closed:
-            hung_here = [
-                impl.plugin for impl in self._caller(name, set()).get_hookimpls() if impl.plugin in skip
-            ]
-            if hung_here:  # a check that hung once cannot vouch for later calls: keep failing closed
-                raise RejectReply(
-                    f"plugin {self.plugin_name(hung_here[0])!r} hung earlier and is no longer called"
-                )
-        while True:
-            caller = self._caller(name, skip)
-            guarded = any(impl.plugin is not builtin_plugin for impl in caller.get_hookimpls())
+        for impl in self.implementations(name):
+            plugin_name = self.plugin_name(impl.plugin)
+            if impl.plugin in self.hung:
+                if fail_closed:  # a check that hung once cannot vouch for later calls
+                    raise RejectReply(f"plugin {plugin_name!r} hung earlier and is no longer called")
+                continue
             try:
-                if not guarded:
-                    return caller(**kwargs)
-                return self._call_with_deadline(caller, kwargs)
+                value = self._call_one(impl, kwargs)
             except (RejectReply, MemoryError, KeyboardInterrupt, SystemExit):
                 raise
-            except PluginHung as hung:
-                culprit = hung.args[0]
-                if culprit is None:  # nobody to blame: give up on this call
-                    logger.error("mingle: hook %s did not return within %.1fs; skipped", name, self.timeout)
-                    raise
-                self.hung.add(culprit)
+            except PluginHung:
+                self.hung.add(impl.plugin)
                 problem = f"did not return within {self.timeout:.1f}s and is no longer called"
             except Exception as exc:
-                culprit = self._culprit(caller, _frames_of_traceback(exc.__traceback__))
-                if culprit is None or culprit is builtin_plugin:
+                if impl.plugin is self.pm.get_plugin(BUILTIN_NAME):
                     raise
-                problem = f"raised {exc!r}"
-                logger.debug("mingle: traceback of %s", name, exc_info=True)
-            logger.error("mingle: plugin %r %s in hook %s", self.plugin_name(culprit), problem, name)
+                problem = f"raised {exc!r:.300}"
+                logger.debug("mingle: traceback of %s in %s", plugin_name, name, exc_info=True)
+            else:
+                yield ImplResult(plugin_name, value)
+                continue
+            logger.error("mingle: plugin %r %s in hook %s", plugin_name, problem, name)
             if fail_closed:
-                raise RejectReply(f"plugin {self.plugin_name(culprit)!r} {problem}")
-            skip.add(culprit)
+                raise RejectReply(f"plugin {plugin_name!r} {problem}")
+
+    def first(self, name: str, **kwargs: Any) -> Any:
+        """A ``firstresult`` hook: the first non-``None`` answer, or ``None``."""
+        for result in self.each(name, **kwargs):
+            if result.value is not None:
+                return result.value
+        return None
+
+    def call(self, name: str, *, fail_closed: bool = False, **kwargs: Any) -> Any:
+        """Call hook ``name`` as pluggy would: the first answer for a ``firstresult`` hook,
+        else the list of non-``None`` answers."""
+        caller: pluggy.HookCaller = getattr(self.pm.hook, name)
+        if caller.spec is not None and caller.spec.opts.get("firstresult"):
+            return self.first(name, **kwargs)
+        return [r.value for r in self.each(name, fail_closed=fail_closed, **kwargs) if r.value is not None]

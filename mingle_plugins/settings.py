@@ -1,31 +1,50 @@
-"""The ``mingle_*`` settings, read from the Celery configuration.
+"""The settings: the core's, and the registry where plugins declare theirs.
 
-Every setting is optional. A value of the wrong type or range is logged in
-one line naming the setting and what it accepts, and the default is used; in
-strict mode (``mingle_strict = True``) :class:`~mingle_plugins.SettingsError`
-is raised instead, which stops the worker.
+Each setting is a field of a frozen dataclass made with
+:func:`~mingle_plugins.parsers.setting` (default, one-line doc, parser). The core's
+own are :class:`MingleSettings` (``mingle_<name>`` in the Celery
+configuration); a plugin declares its dataclass through the
+``mingle_add_settings`` hook and reads it from ``mingle_plugin_settings =
+{"<plugin>": {...}}``. A bad value is logged in one line naming the setting
+and what it accepts, and the default is used; with ``mingle_strict = True``
+:class:`~mingle_plugins.SettingsError` is raised instead (the worker stops).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import SettingsError
+from .parsers import (
+    boolean,
+    choice,
+    fraction,
+    names,
+    optional_names,
+    optional_seconds,
+    parse_fields,
+    parse_seconds,
+    plugin_blocks,
+    positive_int,
+    report_problems,
+    seconds,
+    setting,
+)
 
 __all__ = [
     "ENV_HMAC_KEYS",
     "ENV_PLUGINS",
     "FAST_PROFILE",
     "MingleSettings",
+    "SettingsRegistry",
     "load_settings",
     "parse_seconds",
-    "plugin_seconds",
 ]
 
 logger = logging.getLogger("mingle_plugins")
@@ -46,44 +65,144 @@ FAST_PROFILE: dict[str, Any] = {
     "digest": True,
 }
 
+T = TypeVar("T")
+
+
+# -- the core settings ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MingleSettings:
-    """The resolved settings; see ``docs/configuration.md`` for each one."""
+    """The resolved settings; ``docs/configuration.md`` is generated from these fields."""
 
-    plugins: tuple[str, ...] | None = None
-    disabled_plugins: tuple[str, ...] = ()
-    strict: bool = False
-    profile: str = "stock"
-    hello_timeout: float = 1.0
-    quiet_window: float | None = None
-    expect_replies: bool = False
-    merge: str = "stock"
-    digest: bool = False
-    plugin_timeout: float = 5.0
-    max_clock: int = 2**53
-    max_id_length: int = 1024
-    trusted_nodes: tuple[str, ...] | None = None
-    hmac_keys: tuple[str, ...] = field(default=(), repr=False)
-    accept_unsigned: bool = False
-    plugin_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    plugins: tuple[str, ...] | None = setting(
+        None,
+        "Allow-list: only these plugins are imported (entry-point or distribution names; "
+        "`-`/`_`/case ignored). `None`: all installed; `[]`: none.",
+        optional_names,
+    )
+    disabled_plugins: tuple[str, ...] = setting(
+        (), "Deny-list, applied before import; wins over the allow-list.", names
+    )
+    strict: bool = setting(
+        False,
+        "A plugin that fails to load, or a bad setting, stops the worker instead of being logged.",
+        boolean,
+    )
+    profile: str = setting(
+        "stock",
+        "`'fast'` sets the defaults of `mingle_expect_replies`, `mingle_quiet_window`, `mingle_merge` "
+        "and `mingle_digest` to `True`, `0.05`, `'bulk'`, `True`; a setting given explicitly still wins.",
+        choice("stock", "fast"),
+    )
+    hello_timeout: float = setting(
+        1.0,
+        "The wait for the first reply (and, without a quiet window, after each reply), as stock's 1.0.",
+        seconds,
+    )
+    quiet_window: float | None = setting(
+        None,
+        "After a reply, wait this long for the next one; the collection ends `mingle_hello_timeout` "
+        "after the hello at the latest. Not used when the number of replies is known. "
+        "`None`: stock's idle timeout.",
+        optional_seconds,
+    )
+    expect_replies: bool = setting(
+        False,
+        "Ask `mingle_expected_replies` plugins (and on Redis count the subscribers the hello reached) "
+        "and stop collecting when that many replied.",
+        boolean,
+    )
+    merge: str = setting(
+        "stock",
+        "`'bulk'`: merge once, after the last reply, only the ids not known yet; "
+        "`'stock'`: per reply, as the installed Celery.",
+        choice("stock", "bulk"),
+    )
+    digest: bool = setting(
+        False,
+        "Ask neighbours running this package for a digest of their ids first, then the full list "
+        "from one node per digest this worker does not have.",
+        boolean,
+    )
+    plugin_timeout: float = setting(
+        5.0,
+        "A plugin hook that has not returned by then is abandoned, logged, and not called again.",
+        seconds,
+    )
+    max_clock: int = setting(
+        2**53,
+        "A reply with a larger `clock` is rejected whole; headers above it do not move the clock.",
+        positive_int,
+    )
+    max_id_length: int = setting(
+        1024, "A reply with a longer (or empty) task id is rejected whole.", positive_int
+    )
+    trusted_nodes: tuple[str, ...] | None = setting(
+        None,
+        "`fnmatch` patterns: replies (and hello requests' ids) from node names matching none are rejected. "
+        "`None`: any node.",
+        optional_names,
+    )
+    hmac_keys: tuple[str, ...] = setting(
+        (),
+        "Shared secrets: the first signs this worker's replies and requests; a reply or request must be "
+        "signed with one of them. Also from `CELERY_MINGLE_HMAC_KEYS`.",
+        names,
+        secret=True,
+    )
+    signature_max_age: float = setting(
+        60.0,
+        "With keys set: a signed hello request sent longer ago than this (or this far in the future: "
+        "clock skew) is refused, and so is one whose nonce was seen within it (a replay).",
+        seconds,
+    )
+    max_share: float = setting(
+        0.1,
+        "The share of a full revoked set that one node's ids may evict in one mingle (or one hello "
+        "request); ids beyond are not merged, and counted. Free room is always used first.",
+        fraction,
+    )
+    accept_unsigned: bool = setting(
+        False, "With keys set: accept unsigned replies and requests (stock workers') too.", boolean
+    )
+    plugin_settings: Mapping[str, Mapping[str, Any]] = setting(
+        {},
+        "`{plugin name: {setting: value}}`: each plugin's own settings, as it declares them "
+        "(see the tables below).",
+        plugin_blocks,
+    )
+    #: Each loaded plugin's parsed settings, by the class it declared (filled by the loader).
+    plugin_values: Mapping[type, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def trusts(self, nodename: str) -> bool:
         """Whether ``mingle_trusted_nodes`` lets this node name in (any name when unset)."""
         patterns = self.trusted_nodes
         return patterns is None or any(fnmatch.fnmatchcase(nodename, p) for p in patterns)
 
+    def plugin(self, cls: type[T]) -> T:
+        """A plugin's own settings, as the dataclass ``cls`` it declared with ``mingle_add_settings``.
+
+        The defaults when the plugin's settings were not resolved (e.g. in a unit test).
+
+        .. versionadded:: 0.2
+        """
+        value = self.plugin_values.get(cls)
+        return value if isinstance(value, cls) else cls()
+
     def for_plugin(self, name: str) -> Mapping[str, Any]:
-        """Return the ``mingle_plugin_settings`` entry of one plugin (``{}`` if none)."""
+        """The raw ``mingle_plugin_settings`` entry of one plugin (``{}`` if none)."""
         return self.plugin_settings.get(name, {})
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the settings under their configuration names."""
+        """Return the settings under their configuration names (secrets hidden)."""
         out: dict[str, Any] = {}
         for f in fields(self):
+            if "parser" not in f.metadata:
+                continue
             value = getattr(self, f.name)
-            if f.name == "hmac_keys":
-                value = f"<{len(value)} keys>"  # never shown
+            if f.metadata.get("secret"):
+                value = f"<{len(value)} keys>"
             elif isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
@@ -92,139 +211,67 @@ class MingleSettings:
         return out
 
 
-def _names(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(n.strip() for n in value.split(",") if n.strip())
-    if isinstance(value, (list, tuple)) and all(isinstance(n, str) for n in value):
-        return tuple(n.strip() for n in value)
-    raise TypeError
-
-
-def _optional_names(value: Any) -> tuple[str, ...] | None:
-    return None if value is None else _names(value)
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.lower() in ("1", "true", "yes", "on")
-    raise TypeError
-
-
-def parse_seconds(value: Any, *, zero: bool = False) -> float:
-    """A duration: a finite number > 0 (or 0 with ``zero``); raise ``ValueError`` or ``TypeError``.
-
-    .. versionadded:: 0.1
-    """
-    if isinstance(value, bool):
-        raise TypeError(value)
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
-        raise ValueError(value)
-    return number
-
-
-def _optional_seconds(value: Any) -> float | None:
-    return None if value is None else parse_seconds(value)
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise TypeError
-    return value
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if value not in choices:
-            raise ValueError
-        return str(value)
-
-    return parse
-
-
-def _plugin_settings(value: Any) -> Mapping[str, Mapping[str, Any]]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Mapping) for k, v in value.items()
-    ):
-        raise TypeError
-    return {k: dict(v) for k, v in value.items()}
-
-
-# name -> (parser, what is accepted)
-_PARSERS: dict[str, tuple[Callable[[Any], Any], str]] = {
-    "plugins": (_optional_names, "None or a list of plugin names"),
-    "disabled_plugins": (_names, "a list of plugin names"),
-    "strict": (_bool, "True or False"),
-    "profile": (_choice("stock", "fast"), "'stock' or 'fast'"),
-    "hello_timeout": (parse_seconds, "a number of seconds > 0"),
-    "quiet_window": (_optional_seconds, "None or a number of seconds > 0"),
-    "expect_replies": (_bool, "True or False"),
-    "merge": (_choice("stock", "bulk"), "'stock' or 'bulk'"),
-    "digest": (_bool, "True or False"),
-    "plugin_timeout": (parse_seconds, "a number of seconds > 0"),
-    "max_clock": (_positive_int, "an integer > 0"),
-    "max_id_length": (_positive_int, "an integer > 0"),
-    "trusted_nodes": (_optional_names, "None or a list of node name patterns (fnmatch)"),
-    "hmac_keys": (_names, "a list of secret strings (the first one signs)"),
-    "accept_unsigned": (_bool, "True or False"),
-    "plugin_settings": (_plugin_settings, "a dict of {plugin name: dict of settings}"),
-}
-
-
 def load_settings(
     conf: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> tuple[MingleSettings, list[SettingsError]]:
-    """Resolve the settings from a Celery configuration and the environment.
+    """Resolve the core settings from a Celery configuration and the environment.
 
     :return: the settings and the problems found (each already logged).
     :raises SettingsError: on the first problem, when ``mingle_strict`` is true.
     """
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    problems: list[SettingsError] = []
-    for name, (parse, accepted) in _PARSERS.items():
-        key = f"mingle_{name}"
-        raw = conf.get(key)
-        if raw is None:  # not set (None is also the default where it is accepted)
-            continue
-        try:
-            values[name] = parse(raw)
-        except (TypeError, ValueError):
-            problems.append(SettingsError(key, "<hidden>" if name == "hmac_keys" else raw, accepted))
+    raw = {f"mingle_{f.name}": conf.get(f"mingle_{f.name}") for f in fields(MingleSettings)}
+    settings, problems = parse_fields(MingleSettings, raw, "mingle_")
+    overrides: dict[str, Any] = {}
     if ENV_PLUGINS in environ:
-        values["plugins"] = _names(environ[ENV_PLUGINS])
+        overrides["plugins"] = names.parse(environ[ENV_PLUGINS])
     if environ.get(ENV_HMAC_KEYS):
-        values["hmac_keys"] = _names(environ[ENV_HMAC_KEYS])
-    if values.get("profile") == "fast":
-        values = {**FAST_PROFILE, **values}
-    settings = MingleSettings(**values)
-    for problem in problems:
-        used = getattr(settings, problem.setting[len("mingle_") :])
-        logger.error(
-            "mingle: %s; using the default %r", problem, "<hidden>" if problem.value == "<hidden>" else used
-        )
+        overrides["hmac_keys"] = names.parse(environ[ENV_HMAC_KEYS])
+    if settings.profile == "fast":
+        given = {name for name in FAST_PROFILE if conf.get(f"mingle_{name}") is not None}
+        overrides.update({k: v for k, v in FAST_PROFILE.items() if k not in given})
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    report_problems("settings", settings, "mingle_", problems)
     if problems and settings.strict:
         raise problems[0]
     return settings, problems
 
 
-def plugin_seconds(plugin: str, name: str, value: Any, default: float, *, zero: bool = False) -> float:
-    """A plugin's setting in seconds: ``value`` if it is a finite number > 0 (or 0 with
-    ``zero``), else ``default`` with one log line naming the plugin and the setting.
-    ``None`` (not set) gives ``default`` silently.
+# -- plugins' settings -----------------------------------------------------------
 
-    .. versionadded:: 0.1
+
+class SettingsRegistry:
+    """Where plugins declare their settings (``mingle_add_settings``); the host parses them all.
+
+    .. versionadded:: 0.2
     """
-    if value is None:
-        return default
-    try:
-        return parse_seconds(value, zero=zero)
-    except (TypeError, ValueError):
-        pass
-    accepted = "a number of seconds >= 0" if zero else "a number of seconds > 0"
-    logger.error(
-        "mingle: %s: %s=%r is not accepted: expected %s; using %r", plugin, name, value, accepted, default
-    )
-    return default
+
+    def __init__(self) -> None:
+        #: ``{plugin name: settings dataclass}`` in declaration order.
+        self.declared: dict[str, type] = {}
+
+    def add(self, plugin: str, cls: type) -> None:
+        """Declare that ``mingle_plugin_settings[plugin]`` is parsed into the dataclass ``cls``.
+
+        Every field of ``cls`` is made with :func:`setting` and has a default.
+        """
+        if not dataclasses.is_dataclass(cls) or not all("parser" in f.metadata for f in fields(cls)):
+            raise TypeError(f"{cls!r} is not a dataclass whose fields are made with mingle_plugins.setting()")
+        if plugin in self.declared and self.declared[plugin] is not cls:
+            raise ValueError(f"settings of plugin {plugin!r} already declared by {self.declared[plugin]!r}")
+        self.declared[plugin] = cls
+
+    def resolve(self, settings: MingleSettings) -> tuple[MingleSettings, list[SettingsError]]:
+        """Parse every declared plugin's block once; log each problem; strict mode raises."""
+        values: dict[type, Any] = {}
+        problems: list[SettingsError] = []
+        for plugin, cls in self.declared.items():
+            value: Any
+            value, found = parse_fields(cls, settings.plugin_settings.get(plugin, {}))
+            report_problems(f"mingle_plugin_settings[{plugin!r}]", value, "", found)
+            values[cls] = value
+            problems += found
+        if problems and settings.strict:
+            raise problems[0]
+        return dataclasses.replace(settings, plugin_values=values), problems

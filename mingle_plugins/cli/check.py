@@ -15,9 +15,9 @@ from ..consumer import Blueprint as MingleBlueprint
 from ..diagnostics import (
     PLUGIN_DISTRIBUTIONS,
     TransportInfo,
+    configure_app,
     decide_transport,
     load_transport,
-    plugin_manager,
 )
 from ..loader import BUILTIN_NAME
 from ..settings import ENV_PLUGINS
@@ -64,8 +64,9 @@ def check_app(app: Any) -> dict[str, Any]:
     broken: list[str] = []
     warnings: list[str] = []
     why_not: list[str] = []
-    pm, settings, problems = plugin_manager(app)
-    rows = plugin_rows(app, pm, settings)
+    config, problems = configure_app(app)
+    settings = config.settings
+    rows = plugin_rows(app, config)
     broken += [f"setting: {p}" for p in problems]
     for r in rows:
         if r.status == "failed":
@@ -91,7 +92,7 @@ def check_app(app: Any) -> dict[str, Any]:
         compatible, decided = False, "the transport cannot be loaded"
     else:
         decision = decide_transport(
-            app, pm, driver_type, timeout=settings.plugin_timeout, stock=Mingle.compatible_transports
+            app, config.runner, driver_type, settings=settings, stock=Mingle.compatible_transports
         )
         compatible, decided, claimed_by = decision.compatible, decision.reason(), decision.decided_by
         if not compatible:

@@ -11,9 +11,10 @@ import click
 from celery.bin.base import CeleryCommand, CeleryOption
 
 from ..bootstep import Mingle
-from ..diagnostics import KNOWN_DRIVER_TYPES, load_transport, plugin_claims, plugin_manager
+from ..config import MingleConfig
+from ..diagnostics import KNOWN_DRIVER_TYPES, configure_app, load_transport, plugin_claims
 from ..errors import SettingsError
-from ..loader import BUILTIN_NAME, SLOW_IMPORT_SECONDS, MinglePluginManager, PluginRecord
+from ..loader import BUILTIN_NAME, SLOW_IMPORT_SECONDS, PluginRecord
 from ..settings import ENV_PLUGINS, MingleSettings
 from ._output import app_label, echo_json, obj_app, seconds, table
 
@@ -63,11 +64,11 @@ def _row(rec: PluginRecord) -> PluginRow:
     )
 
 
-def plugin_rows(app: Any, pm: MinglePluginManager, settings: MingleSettings) -> list[PluginRow]:
-    """One row per plugin record of ``pm``, with the transports each one claims."""
+def plugin_rows(app: Any, config: MingleConfig) -> list[PluginRow]:
+    """One row per plugin the app's configuration sees, with the transports each one claims."""
     drivers = _drivers(app)
     rows: list[PluginRow] = []
-    for rec in pm.records:
+    for rec in config.pm.records:
         row = _row(rec)
         if rec.status == BUILTIN_NAME:
             from .. import __version__
@@ -76,9 +77,9 @@ def plugin_rows(app: Any, pm: MinglePluginManager, settings: MingleSettings) -> 
             row.transports = sorted(Mingle.compatible_transports)
             row.reason = "stock transports, when no plugin answers"
         elif rec.status == "loaded":
-            plugin = pm.get_plugin(rec.name)
+            plugin = config.pm.get_plugin(rec.name)
             row.transports, row.refuses, row.errors = plugin_claims(
-                pm, plugin, app, drivers, settings.plugin_timeout
+                config.runner, plugin, app, drivers, config.settings
             )
         rows.append(row)
     return rows
@@ -86,8 +87,8 @@ def plugin_rows(app: Any, pm: MinglePluginManager, settings: MingleSettings) -> 
 
 def describe_plugins(app: Any) -> tuple[list[PluginRow], MingleSettings, list[SettingsError]]:
     """Every plugin the app's settings see, with the transports each one claims."""
-    pm, settings, problems = plugin_manager(app)
-    return plugin_rows(app, pm, settings), settings, problems
+    config, problems = configure_app(app)
+    return plugin_rows(app, config), config.settings, problems
 
 
 def slow_imports(rows: Sequence[PluginRow]) -> list[str]:

@@ -178,7 +178,7 @@ def test_bad_plugin_keeps_worker_and_ids(hood: Neighbourhood, case: Case, tmp_pa
         assert len(problem_lines(worker, case.problem)) == 1, worker.log()[-4000:]
         revoked = hood.cluster.revoked(worker.nodename)
         assert mine <= revoked, "ids from --statedb were lost"
-        summary = worker.wait_for(r"mingle: summary: (\d+) neighbours, (\d+) merged, (\d+) ids merged")
+        summary = worker.wait_for(r"mingle: summary: (\d+) neighbours, (\d+) accepted, (\d+) ids merged")
         if case.merged:
             assert hood.theirs <= revoked
             assert summary.group(2, 3) == ("1", "3")
@@ -196,7 +196,9 @@ def test_bad_plugin_keeps_worker_and_ids(hood: Neighbourhood, case: Case, tmp_pa
 def test_rejected_reply_is_counted(hood: Neighbourhood, tmp_path: Path) -> None:
     worker, mine = start_newcomer(hood, "on_reply_raises", tmp_path)
     try:
-        assert worker.wait_for(r"mingle: summary: 1 neighbours, 0 merged, 0 ids merged, 1 rejected, ")
+        assert worker.wait_for(
+            r"mingle: summary: 1 neighbours, 0 accepted, 0 ids merged, 0 dropped by policy, 1 rejected, "
+        )
         assert problem_lines(worker, r"^mingle: plugin 'on_reply_raises' raised .* in hook mingle_on_reply$")
         assert hood.cluster.revoked(worker.nodename) == mine
     finally:
@@ -329,7 +331,10 @@ def test_hung_reply_filter_fails_closed_for_every_reply(hood: Neighbourhood, tmp
         worker, mine = start_newcomer(hood, "on_reply_hangs", tmp_path)
         try:
             log = worker.log()
-            assert re.search(r"mingle: summary: 2 neighbours, 0 merged, 0 ids merged, 2 rejected, ", log), log
+            assert re.search(
+                r"mingle: summary: 2 neighbours, 0 accepted, 0 ids merged, 0 dropped by policy, 2 rejected, ",
+                log,
+            ), log
             assert hood.cluster.revoked(worker.nodename) == mine
         finally:
             worker.stop()

@@ -95,7 +95,11 @@ def test_demo_end_to_end(demo_python: Path, tmp_path: Path, how: str) -> None:
     # The newcomer's own log lines, shown as they happen.
     assert "  | mingle: searching for neighbors" in out
     assert "  | mingle: sync with 3 nodes" in out
-    assert re.search(r"  \| mingle: summary: 3 neighbours, 3 merged, 5 ids merged, 0 rejected, [\d.]+s", out)
+    assert re.search(
+        r"  \| mingle: summary: 3 neighbours, 3 accepted, 5 ids merged, "
+        r"0 dropped by policy, 0 rejected, [\d.]+s",
+        out,
+    )
     # What inspect says afterwards.
     assert "inspect revoked: newcomer@mingle-demo has 5 of the 5 revoked ids" in out
     clock, top = map(int, re.search(r"is at (\d+) \(neighbours were at most (\d+)\)", out).groups())

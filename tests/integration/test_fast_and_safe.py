@@ -23,7 +23,9 @@ def test_fast_profile_learns_everything_from_one_full_list(make_cluster, broker:
     ids = {str(uuid.uuid4()) for _ in range(6)}
     cluster.client.control.revoke(sorted(ids))  # all three neighbours now hold the same set
     newcomer = cluster.start("new@fast", loglevel="DEBUG")
-    newcomer.wait_for("mingle: summary: 3 neighbours, 3 merged, 6 ids merged, 0 rejected")
+    newcomer.wait_for(
+        "mingle: summary: 3 neighbours, 3 accepted, 6 ids merged, 0 dropped by policy, 0 rejected"
+    )
     assert ids <= cluster.revoked("new@fast")
     log = newcomer.log()
     assert log.count("mingle: full list of digest") == 1  # one of three identical neighbours sent ids
@@ -44,7 +46,9 @@ def test_fast_and_stock_workers_mingle_both_ways(make_cluster, broker: str) -> N
     cluster.start("ours@mix")
     stock = cluster.start("stock@mix", env={"MINGLE_TEST_STOCK": "1"})  # see write_app: stock consumer
     ours_ids, stock_ids = revoke_on(cluster, "ours@mix"), revoke_on(cluster, "stock@mix")
-    cluster.start("ours2@mix").wait_for("mingle: summary: 2 neighbours, 2 merged, 8 ids merged, 0 rejected")
+    cluster.start("ours2@mix").wait_for(
+        "mingle: summary: 2 neighbours, 2 accepted, 8 ids merged, 0 dropped by policy, 0 rejected"
+    )
     assert ours_ids | stock_ids <= cluster.revoked("ours2@mix")
     stock.stop()
     cluster.start("stock@mix", env={"MINGLE_TEST_STOCK": "1"})
@@ -58,7 +62,9 @@ def test_signed_replies_only_from_key_holders(make_cluster, broker: str) -> None
     cluster.start("stock@sig", env={"MINGLE_TEST_STOCK": "1"})
     good, wrong, stock = (revoke_on(cluster, n) for n in ("good@sig", "wrong@sig", "stock@sig"))
     newcomer = cluster.start("new@sig")
-    newcomer.wait_for("mingle: summary: 3 neighbours, 1 merged, 4 ids merged, 2 rejected")
+    newcomer.wait_for(
+        "mingle: summary: 3 neighbours, 1 accepted, 4 ids merged, 0 dropped by policy, 2 rejected"
+    )
     learnt = cluster.revoked("new@sig")
     assert good <= learnt and not (wrong | stock) & learnt
     log = newcomer.log()
@@ -72,7 +78,9 @@ def test_trusted_node_patterns(make_cluster, broker: str) -> None:
     cluster.start("intruder@trust")
     prod, intruder = revoke_on(cluster, "prod-1@trust"), revoke_on(cluster, "intruder@trust")
     newcomer = cluster.start("prod-2@trust")
-    newcomer.wait_for("mingle: summary: 2 neighbours, 1 merged, 4 ids merged, 1 rejected")
+    newcomer.wait_for(
+        "mingle: summary: 2 neighbours, 1 accepted, 4 ids merged, 0 dropped by policy, 1 rejected"
+    )
     assert prod <= cluster.revoked("prod-2@trust")
     assert not intruder & cluster.revoked("prod-2@trust")
     assert "rejected the reply of intruder@trust: node name not in mingle_trusted_nodes" in newcomer.log()
@@ -87,7 +95,7 @@ def test_merged_set_is_the_same_for_both_merges(make_cluster, redis_url: str, me
         expected |= revoke_on(cluster, f"n{i}@{merge}", 5)
     shared = {str(uuid.uuid4()) for _ in range(5)}
     cluster.client.control.revoke(sorted(shared))
-    cluster.start(f"new@{merge}").wait_for("mingle: summary: 3 neighbours, 3 merged, 20 ids merged")
+    cluster.start(f"new@{merge}").wait_for("mingle: summary: 3 neighbours, 3 accepted, 20 ids merged")
     assert cluster.revoked(f"new@{merge}") == expected | shared
 
 
@@ -104,7 +112,9 @@ def test_hostile_hello_request_is_not_merged(make_cluster, redis_url: str) -> No
     )
     assert replies and "target@req" in replies[0]  # it still answers, with its own ids
     assert cluster.revoked("target@req") == mine
-    worker.wait_for(r"mingle: not merging the ids sent by evil@req: revoked id None is a NoneType")
+    worker.wait_for(
+        r"mingle: rejected the hello request \(ids not merged\) of evil@req: revoked id None is a NoneType"
+    )
     cluster.client.control.broadcast(
         "hello", arguments={"from_node": "friend@req", "revoked": ["fine-id"]}, reply=True, timeout=2
     )

@@ -160,7 +160,8 @@ def test_hostile_replies_are_rejected_whole(make_cluster, broker: str, fakes, tm
     )
     rejected = len(hostile) + 1
     assert re.search(
-        rf"mingle: summary: {rejected + 1} neighbours, 1 merged, 2 ids merged, {rejected} rejected, ",
+        rf"mingle: summary: {rejected + 1} neighbours, 1 accepted, 2 ids merged, "
+        rf"0 dropped by policy, {rejected} rejected, ",
         worker.log(),
     )
 
@@ -195,7 +196,9 @@ def test_neighbour_killed_mid_mingle(make_cluster, redis_url: str, fakes, tmp_pa
         os.killpg(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait(10)
     newcomer.wait_ready()
-    assert newcomer.wait_for(r"mingle: summary: 1 neighbours, 1 merged, 3 ids merged, 0 rejected")
+    assert newcomer.wait_for(
+        r"mingle: summary: 1 neighbours, 1 accepted, 3 ids merged, 0 dropped by policy, 0 rejected"
+    )
     revoked = cluster.revoked(newcomer.nodename)
     assert set(mine) | set(theirs) <= revoked
     assert not set(lost) & revoked
@@ -232,7 +235,7 @@ def test_broker_restarted_during_the_mingle(
     revoked = set(revoked_list(cluster.config, worker.nodename))
     assert set(mine) <= revoked, "ids from --statedb were lost"
     last = summaries(worker)[-1]
-    merged = re.match(r"mingle: summary: \d+ neighbours, (\d+) merged", last)
+    merged = re.match(r"mingle: summary: \d+ neighbours, (\d+) accepted", last)
     assert merged, last
     assert (set(theirs) <= revoked) == (merged[1] == "1"), (last, revoked)
 
@@ -256,7 +259,9 @@ def test_broker_down_at_start(private_redis: PrivateRedis, make_cluster, fakes, 
     log = worker.log()
     assert log.count("mingle: searching for neighbors") == 1
     assert log.rindex("Cannot connect to redis") < log.index("mingle: searching for neighbors")
-    assert re.search(r"mingle: summary: 1 neighbours, 1 merged, 3 ids merged, 0 rejected", log), log[-3000:]
+    assert re.search(
+        r"mingle: summary: 1 neighbours, 1 accepted, 3 ids merged, 0 dropped by policy, 0 rejected", log
+    ), log[-3000:]
     assert set(mine) | set(theirs) <= cluster.revoked(worker.nodename)
 
 
@@ -274,7 +279,9 @@ def test_reconnect_mingles_again_without_duplicates(
     mine = new_ids()
     write_statedb(tmp_path / "state.db", mine)
     worker = cluster.start("reconnect@faults", args=[f"--statedb={tmp_path / 'state.db'}"])
-    assert worker.wait_for(r"mingle: summary: 1 neighbours, 1 merged, 3 ids merged, 0 rejected")
+    assert worker.wait_for(
+        r"mingle: summary: 1 neighbours, 1 accepted, 3 ids merged, 0 dropped by policy, 0 rejected"
+    )
     before = revoked_list(cluster.config, worker.nodename)
     assert sorted(before) == sorted(set(mine) | set(theirs))
 
@@ -283,7 +290,10 @@ def test_reconnect_mingles_again_without_duplicates(
     wait_count(worker, "mingle: summary: ", 2, timeout=60)
     worker.wait_for(r"Connection to broker lost")
     second = summaries(worker)[1]
-    assert re.match(r"mingle: summary: \d+ neighbours, [01] merged, 0 ids merged, 0 rejected", second), second
+    assert re.match(
+        r"mingle: summary: \d+ neighbours, [01] accepted, 0 ids merged, 0 dropped by policy, 0 rejected",
+        second,
+    ), second
     after = revoked_list(cluster.config, worker.nodename)
     assert len(after) == len(set(after)), "duplicated ids in the revoked set"
     assert set(after) == set(before)

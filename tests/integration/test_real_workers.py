@@ -26,7 +26,9 @@ def test_newcomer_learns_revoked_ids_and_clock(make_cluster, broker: str, neighb
     log = newcomer.log()
     assert f"mingle: sync with {neighbours} nodes" in log
     assert re.search(
-        rf"mingle: summary: {neighbours} neighbours, {neighbours} merged, 5 ids merged, 0 rejected", log
+        rf"mingle: summary: {neighbours} neighbours, {neighbours} accepted, 5 ids merged, "
+        r"0 dropped by policy, 0 rejected",
+        log,
     )
 
 

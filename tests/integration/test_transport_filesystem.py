@@ -109,7 +109,9 @@ def test_newcomer_learns_revoked_ids_and_clock(
     assert clock_of(cluster, "new@mingletest") > max(clocks)
     log = newcomer.log()
     assert "mingle: sync with 3 nodes" in log
-    assert re.search(r"mingle: summary: 3 neighbours, 3 merged, 5 ids merged, 0 rejected", log)
+    assert re.search(
+        r"mingle: summary: 3 neighbours, 3 accepted, 5 ids merged, 0 dropped by policy, 0 rejected", log
+    )
     if expect:
         assert "mingle: filesystem: 3 neighbours bound" in log
     seconds = newcomer.mingle_seconds()
@@ -142,7 +144,7 @@ def test_dead_neighbour_is_not_expected(make_cluster: Any, plugin_python: Path, 
     table = (tmp_path / "broker" / "control" / f"{conf_exchange(cluster)}.pidbox.exchange").read_text()
     assert f"gone@mingletest.{conf_exchange(cluster)}.pidbox" in table
     assert "mingle: filesystem: 1 neighbours bound" in log
-    assert re.search(r"mingle: summary: 1 neighbours, 1 merged", log)
+    assert re.search(r"mingle: summary: 1 neighbours, 1 accepted", log)
     cluster.close()  # every worker at once: they take seconds to stop
 
 

@@ -171,7 +171,9 @@ def test_newcomer_learns_revoked_ids_and_clock(
     newcomer.wait_for(r"mingle: summary: ")
     log = newcomer.log()
     assert "mingle: sync with 3 nodes" in log
-    assert re.search(r"mingle: summary: 3 neighbours, 3 merged, 5 ids merged, 0 rejected", log)
+    assert re.search(
+        r"mingle: summary: 3 neighbours, 3 accepted, 5 ids merged, 0 dropped by policy, 0 rejected", log
+    )
     if expect:
         assert "mingle: pgmq: 3 neighbours bound" in log
     assert set(ids) <= set(ask(cluster, "revoked", "new@mt"))

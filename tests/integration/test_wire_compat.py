@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from mingle_plugins.wire import ReplyLimits, validate_reply
+from mingle_plugins.checks import ReplyLimits, check_body
 from tests.conftest import BROKERS, broker_url
 from tests.support import services
 from tests.support.compat import KINDS, Kind, MixedCluster, build_all
@@ -44,8 +44,9 @@ BATCH = 3
 #: (restored from its statedb) is then well behind theirs unless mingle moves it.
 CLOCK_BUMP = 40
 SUMMARY = re.compile(
-    r"mingle: summary: (?P<neighbours>\d+) neighbours, (?P<merged>\d+) merged, "
-    r"(?P<ids>\d+) ids merged, (?P<rejected>\d+) rejected, (?P<elapsed>[\d.]+)s"
+    r"mingle: summary: (?P<neighbours>\d+) neighbours, (?P<merged>\d+) accepted, "
+    r"(?P<ids>\d+) ids merged, (?P<dropped>\d+) dropped by policy, "
+    r"(?P<rejected>\d+) rejected, (?P<elapsed>[\d.]+)s"
 )
 
 
@@ -98,7 +99,7 @@ def mixed(
 
 
 def test_stock_hello_replies_pass_our_validation(mixed: Mixed) -> None:
-    """Real hello replies of every kind, as our collector receives them (JSON), pass validate_reply."""
+    """Real hello replies of every kind, as our collector receives them (JSON), become a checked Reply."""
     nodes = [mixed.node(k.label) for k in KINDS]
     replies = (
         mixed.cluster.client.control.inspect(destination=nodes, limit=len(nodes), timeout=10).hello(
@@ -118,12 +119,14 @@ def test_stock_hello_replies_pass_our_validation(mixed: Mixed) -> None:
             for value in revoked.values():  # LimitedSet entries: [monotonic stamp, id] as JSON
                 assert isinstance(value, list) and type(value[0]) in (int, float), f"{kind.label}: {reply!r}"
         assert type(reply["clock"]) is int and reply["clock"] > 0
-        valid = validate_reply(reply, limits)
+        valid = check_body(mixed.node(kind.label), reply, limits)
         assert set(valid.ids) == mixed.batches[kind.label], kind.label
         assert valid.clock == reply["clock"]
         if not ids_only(kind):
-            assert isinstance(valid.revoked, dict)
-            assert all(type(s) is float and s >= 0 for s in valid.revoked.values())
+            assert valid.stamps is not None
+            assert all(type(s) is float and s >= 0 for s in valid.stamps.values())
+        else:
+            assert valid.stamps is None
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.label)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
-from mingle_plugins import MingleSummary, RejectReply, hookimpl
+from mingle_plugins import MingleSettings, MingleSummary, RejectReply, Reply, hookimpl
 from mingle_plugins.bootstep import Mingle
 
 IDS = [f"id-{i}" for i in range(5)]
@@ -74,37 +75,55 @@ def test_invalid_reply_is_rejected_whole(
 ) -> None:
     state.revoked.add("mine")
     clock = consumer.app.clock.value
-    step._summary = MingleSummary(hostname="me", transport="memory")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), step.mingle_round(consumer) as rnd:
         step.on_node_reply(consumer, "evil@x", reply)
     assert set(state.revoked) == {"mine"}
     assert consumer.app.clock.value == clock
-    assert reason in step._summary.rejected["evil@x"]
+    assert reason in rnd.summary.rejected["evil@x"]
+    assert rnd.summary.nodes["evil@x"].status == "rejected"
     lines = [r.getMessage() for r in caplog.records if "evil@x" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("mingle: rejected the reply of evil@x")
 
 
 def test_too_many_ids_is_rejected(step: Mingle, consumer: Any, state: Any) -> None:
-    step._summary = MingleSummary(hostname="me", transport="memory")
-    step.on_node_reply(consumer, "big@x", {"revoked": [f"i{n}" for n in range(state.revoked.maxlen + 1)]})
-    assert len(state.revoked) == 0 and "more than" in step._summary.rejected["big@x"]
+    with step.mingle_round(consumer) as rnd:
+        step.on_node_reply(consumer, "big@x", {"revoked": [f"i{n}" for n in range(state.revoked.maxlen + 1)]})
+    assert len(state.revoked) == 0 and "more than" in rnd.summary.rejected["big@x"]
 
 
 class Transformer:
     @hookimpl
-    def mingle_on_reply(self, nodename: str, reply: dict[str, Any]) -> None:
-        if nodename.startswith("bad"):
+    def mingle_on_reply(self, reply: Reply) -> Reply | None:
+        if reply.nodename.startswith("bad"):
             raise RejectReply("node not trusted")
-        reply["revoked"] = [i for i in reply.get("revoked", []) if not i.startswith("drop")]
+        return dataclasses.replace(reply, ids=tuple(i for i in reply.ids if not i.startswith("drop")))
 
 
 def test_on_reply_may_transform_and_reject(step: Mingle, consumer: Any, state: Any) -> None:
     step.pm.register(Transformer())
-    step._summary = MingleSummary(hostname="me", transport="memory")
-    step.on_node_reply(consumer, "good@x", {"revoked": ["keep", "drop-1"], "clock": 1})
-    step.on_node_reply(consumer, "bad@x", {"revoked": ["nope"], "clock": 1})
+    with step.mingle_round(consumer) as rnd:
+        step.on_node_reply(consumer, "good@x", {"revoked": ["keep", "drop-1"], "clock": 1})
+        step.on_node_reply(consumer, "bad@x", {"revoked": ["nope"], "clock": 1})
     assert set(state.revoked) == {"keep"}
-    assert step._summary.rejected == {"bad@x": "node not trusted"}
+    assert rnd.summary.rejected == {"bad@x": "node not trusted"}
+
+
+class BadTransformer:
+    @hookimpl
+    def mingle_on_reply(self, reply: Reply) -> Any:
+        if reply.nodename.startswith("other"):
+            return dataclasses.replace(reply, nodename="someone@else")
+        return {"revoked": ["x"]}
+
+
+def test_on_reply_result_is_checked_again(step: Mingle, consumer: Any, state: Any) -> None:
+    step.pm.register(BadTransformer())
+    with step.mingle_round(consumer) as rnd:
+        step.on_node_reply(consumer, "n@x", {"revoked": IDS})
+        step.on_node_reply(consumer, "other@x", {"revoked": IDS})
+    assert len(state.revoked) == 0
+    assert "not a Reply" in rnd.summary.rejected["n@x"]
+    assert "changed the node name" in rnd.summary.rejected["other@x"]
 
 
 class Raiser:
@@ -113,7 +132,7 @@ class Raiser:
         raise RuntimeError("bug in plugin")
 
     @hookimpl
-    def mingle_merge_revoked(self) -> bool:
+    def mingle_merge_revoked(self) -> Any:
         raise RuntimeError("merge bug")
 
 
@@ -121,17 +140,16 @@ def test_raising_on_reply_fails_closed_and_names_the_plugin(
     step: Mingle, consumer: Any, state: Any, caplog
 ) -> None:
     step.pm.register(Raiser(), name="raiser")
-    step._summary = MingleSummary(hostname="me", transport="memory")
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.ERROR), step.mingle_round(consumer) as rnd:
         step.on_node_reply(consumer, "n@x", {"revoked": IDS})
     assert len(state.revoked) == 0
-    assert "plugin 'raiser' raised RuntimeError('bug in plugin')" in step._summary.rejected["n@x"]
+    assert "plugin 'raiser' raised RuntimeError('bug in plugin')" in rnd.summary.rejected["n@x"]
     assert any(
         "plugin 'raiser'" in r.getMessage() and "mingle_on_reply" in r.getMessage() for r in caplog.records
     )
 
 
-def test_raising_merge_falls_back_to_builtin(step: Mingle, consumer: Any, state: Any) -> None:
+def test_raising_policy_is_skipped_and_drops_nothing(step: Mingle, consumer: Any, state: Any) -> None:
     step.pm.register(Raiser(), name="raiser")
     step.on_revoked_received(consumer, IDS)
     assert set(state.revoked) == set(IDS)
@@ -139,9 +157,9 @@ def test_raising_merge_falls_back_to_builtin(step: Mingle, consumer: Any, state:
 
 class Wiper:
     @hookimpl
-    def mingle_merge_revoked(self, consumer: Any) -> bool:
+    def mingle_merge_revoked(self, consumer: Any) -> Any:
         consumer.controller.state.revoked.clear()
-        return True
+        return None
 
     @hookimpl
     def mingle_adjust_clock(self, consumer: Any) -> bool:
@@ -154,7 +172,7 @@ def test_a_plugin_cannot_wipe_ids_or_move_the_clock_back(step: Mingle, consumer:
     consumer.app.clock.adjust(100)
     step.pm.register(Wiper())
     step.sync_with_node(consumer, clock=5, revoked=IDS)
-    assert "mine" in state.revoked
+    assert "mine" in state.revoked and set(IDS) <= set(state.revoked)
     assert consumer.app.clock.value >= 100
 
 
@@ -187,7 +205,8 @@ class Neighbours:
         self.summaries: list[MingleSummary] = []
 
     @hookimpl
-    def mingle_send_hello(self, consumer: Any, revoked: Any, timeout: float) -> Any:
+    def mingle_send_hello(self, consumer: Any, revoked: Any, timeout: float, settings: MingleSettings) -> Any:
+        assert isinstance(settings, MingleSettings)
         assert timeout == 1.0
         return self.replies
 
@@ -213,15 +232,19 @@ def test_sync_summary(step: Mingle, consumer: Any, state: Any, caplog) -> None:
     (summary,) = plugin.summaries
     assert summary is step.last_summary
     assert summary.neighbours == ["a@x", "b@x", "c@x"]
+    assert summary.accepted == ["a@x", "b@x"]
     assert summary.merged_from == ["a@x", "b@x"]
     assert list(summary.rejected) == ["c@x"]
-    assert (summary.ids_received, summary.ids_merged) == (8, 4)
+    assert (summary.ids_received, summary.ids_merged, summary.ids_dropped) == (8, 4, 0)
+    assert (summary.nodes["a@x"].ids_merged, summary.nodes["b@x"].ids_merged) == (2, 2)
     assert (summary.revoked_before, summary.revoked_after) == (1, 5)
     assert summary.clock_after > 9
     messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mingle:")]
     assert messages[0] == "mingle: searching for neighbors"
     assert "mingle: sync with 3 nodes" in messages
-    assert messages[-1].startswith("mingle: summary: 3 neighbours, 2 merged, 4 ids merged, 1 rejected")
+    assert messages[-1].startswith(
+        "mingle: summary: 3 neighbours, 2 accepted, 4 ids merged, 0 dropped by policy, 1 rejected"
+    )
 
 
 def test_send_hello_of_wrong_type_is_ignored(step: Mingle, consumer: Any, caplog) -> None:

@@ -21,6 +21,10 @@ from mingle_plugins.bootstep import Mingle
 from mingle_plugins.cli import _output
 from mingle_plugins.cli import check as check_cmd
 from mingle_plugins.consumer import Blueprint, Consumer
+from mingle_plugins.runner import HookRunner
+from mingle_plugins.settings import MingleSettings
+
+SETTINGS = MingleSettings()
 
 
 def test_table_aligns_columns() -> None:
@@ -28,18 +32,29 @@ def test_table_aligns_columns() -> None:
     assert out.splitlines() == ["A     LONGER", "xxxx  y", "z"]
 
 
-def test_resolve_settings_lists_every_problem_even_in_strict_mode() -> None:
-    conf = {"mingle_strict": True, "mingle_hello_timeout": 0, "mingle_max_clock": "big"}
-    settings, problems = diagnostics.resolve_settings(conf)
-    assert settings.strict is True
-    assert settings.hello_timeout == 1.0  # the default, as the worker would use it
+def test_configure_app_lists_every_problem_even_in_strict_mode() -> None:
+    app = Celery("unit", broker="memory://", set_as_current=False)
+    app.conf.update(mingle_strict=True, mingle_hello_timeout=0, mingle_max_clock="big")
+    config, problems = diagnostics.configure_app(app)  # strict: the worker would stop; this lists them
+    assert config.settings.strict is True
+    assert config.settings.hello_timeout == 1.0  # the default, as the worker would use it
     assert sorted(p.setting for p in problems) == ["mingle_hello_timeout", "mingle_max_clock"]
 
 
-def test_resolve_settings_reports_a_bad_strict_value() -> None:
-    settings, problems = diagnostics.resolve_settings({"mingle_strict": "maybe"})
-    assert settings.strict is False
+def test_configure_app_reports_a_bad_strict_value() -> None:
+    app = Celery("unit", broker="memory://", set_as_current=False)
+    app.conf.mingle_strict = "maybe"
+    config, problems = diagnostics.configure_app(app)
+    assert config.settings.strict is False
     assert [p.setting for p in problems] == ["mingle_strict"]
+
+
+def runner_with(*plugins: tuple[str, object], timeout: float = 2.0) -> HookRunner:
+    """A hook runner over the built-in implementations and ``plugins`` (registered in order)."""
+    pm = get_plugin_manager(load_entrypoints=False)
+    for name, plugin in plugins:
+        pm.register(plugin, name=name)
+    return HookRunner(pm, timeout)
 
 
 class MyMingle(Mingle):
@@ -173,24 +188,21 @@ class Hangs:
 
 
 def test_claims_reports_a_raising_plugin_per_transport() -> None:
-    pm = get_plugin_manager(load_entrypoints=False)
     plugin = Raises()
-    pm.register(plugin, name="raises")
-    app = Celery("unit")
+    runner = runner_with(("raises", plugin))
     drivers = ["redis", "amqp", "sqs"]
-    claimed, refused, errors = diagnostics.plugin_claims(pm, plugin, app, drivers, timeout=2.0)
+    claimed, refused, errors = diagnostics.plugin_claims(runner, plugin, Celery("unit"), drivers, SETTINGS)
     assert (claimed, refused) == (["redis"], [])
     assert errors == ["amqp: RuntimeError: boom"]
 
 
 def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
-    pm = get_plugin_manager(load_entrypoints=False)
     plugin = Hangs()
-    pm.register(plugin, name="hangs")
+    runner = runner_with(("hangs", plugin), timeout=0.2)
     started = time.monotonic()
     try:
         claimed, refused, errors = diagnostics.plugin_claims(
-            pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=0.2
+            runner, plugin, Celery("unit"), ["redis", "amqp", "sqs"], SETTINGS
         )
     finally:
         plugin.release.set()
@@ -198,6 +210,7 @@ def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
     assert (claimed, refused) == ([], [])
     assert errors == ["redis: TimeoutError: did not return within 0.2s"]
     assert plugin.calls == 1
+    assert plugin in runner.hung  # as in the worker: never called again
 
 
 # -- the one decision: the step and the CLI ask mingle_plugins.diagnostics --------
@@ -222,16 +235,13 @@ class Claims:
 
 
 def test_decision_passes_over_a_raising_plugin_and_names_the_one_that_decides() -> None:
-    pm = get_plugin_manager(load_entrypoints=False)
-    pm.register(Claims(), name="claims")
-    pm.register(Raises(), name="raises")  # registered last: asked first
-    decision = diagnostics.decide_transport(Celery("unit"), pm, "amqp", timeout=2.0, stock={"amqp"})
+    runner = runner_with(("claims", Claims()), ("raises", Raises()))  # registered last: asked first
+    app = Celery("unit")
+    decision = diagnostics.decide_transport(app, runner, "amqp", settings=SETTINGS, stock={"amqp"})
     assert (decision.compatible, decision.decided_by) == (True, "claims")
     assert decision.reason() == "plugin 'claims' claims it"
     assert [(a.plugin, a.error) for a in decision.failures] == [("raises", "RuntimeError: boom")]
-    nobody = diagnostics.decide_transport(
-        Celery("unit"), get_plugin_manager(load_entrypoints=False), "sqs", timeout=2.0, stock={"amqp"}
-    )
+    nobody = diagnostics.decide_transport(app, runner_with(), "sqs", settings=SETTINGS, stock={"amqp"})
     assert (nobody.compatible, nobody.decided_by, nobody.refused) == (False, None, False)
     assert nobody.reason() == "no plugin answers; the stock set (amqp)"
 
@@ -242,9 +252,13 @@ def test_the_step_uses_the_same_decision_and_logs_it(step: Mingle, consumer: Any
     with caplog.at_level(logging.INFO, logger="mingle_plugins.bootstep"):
         assert step.compatible_transport(consumer.app) is False
     messages = [r.getMessage() for r in caplog.records]
-    assert "mingle: plugin 'raises' raised RuntimeError: boom in hook mingle_transport_compatible" in messages
+    assert (
+        "mingle: plugin 'raises' raised RuntimeError('boom') in hook mingle_transport_compatible" in messages
+    )
     assert "mingle: off: plugin 'refuses' refused the 'memory' transport" in messages
-    check = diagnostics.decide_transport(consumer.app, step.pm, "memory", timeout=2.0, stock=set())
+    check = diagnostics.decide_transport(
+        consumer.app, step.runner, "memory", settings=step.settings, stock=set()
+    )
     assert (check.compatible, check.decided_by) == (False, "refuses")
 
 

@@ -1,9 +1,28 @@
 from __future__ import annotations
 
-from mingle_plugins import load_settings
-from mingle_plugins.protocol import EMPTY_DIGEST, digest, extend_reply, sign_request, verify, verify_request
+from typing import Any
+
+import pytest
+
+from mingle_plugins import RejectReply, load_settings
+from mingle_plugins.checks import ReplayGuard
+from mingle_plugins.protocol import (
+    EMPTY_DIGEST,
+    digest,
+    extend_reply,
+    reply_ids,
+    sign_request,
+    verify_request,
+)
+from mingle_plugins.protocol import verify as verify_fields
 
 IDS = ["b", "a", "c"]
+
+
+def verify(keys: Any, nonce: str, node: str, reply: Any) -> str | None:
+    ext = reply.get("mingle")
+    ext = ext if isinstance(ext, dict) else {}
+    return verify_fields(keys, nonce, node, reply.get("clock"), reply_ids(reply.get("revoked")), ext)
 
 
 def test_digest_is_order_and_format_independent() -> None:
@@ -37,11 +56,36 @@ def test_tampering_replay_and_relabelling_are_caught() -> None:
     )
 
 
-def test_request_signature() -> None:
-    ext = {"v": 1, "nonce": "N", "request_signature": sign_request("k", "N", "new@x", IDS)}
+def test_request_signature_covers_ids_and_send_time() -> None:
+    nonce = "N" * 16
+    ext = {
+        "v": 1,
+        "nonce": nonce,
+        "sent_at": 1000.5,
+        "request_signature": sign_request("k", nonce, "new@x", IDS, 1000.5),
+    }
     assert verify_request(("k",), "new@x", IDS, ext) is None
     assert verify_request(("k",), "new@x", [*IDS, "evil"], ext) == "bad request signature"
+    assert verify_request(("k",), "new@x", IDS, {**ext, "sent_at": 2000.5}) == "bad request signature"
+    assert (
+        verify_request(("k",), "new@x", IDS, {**ext, "sent_at": "later"})
+        == "request without a valid send time"
+    )
     assert verify_request(("k",), "new@x", IDS, None) == "unsigned request"
+
+
+def test_replay_guard_refuses_old_and_seen_requests() -> None:
+    guard = ReplayGuard(max_age=60, max_entries=3)
+    guard.check("a" * 16, 1000.0, now=1010.0)
+    with pytest.raises(RejectReply, match="replayed request: its nonce was seen"):
+        guard.check("a" * 16, 1000.0, now=1011.0)
+    with pytest.raises(RejectReply, match="outside mingle_signature_max_age"):
+        guard.check("b" * 16, 1000.0, now=1100.0)
+    with pytest.raises(RejectReply, match="outside mingle_signature_max_age"):
+        guard.check("c" * 16, 1200.0, now=1100.0)  # from the future: skew beyond the window
+    for n in "defg":
+        guard.check(n * 16, 1100.0, now=1100.0)
+    assert len(guard._seen) == 3  # bounded
 
 
 def test_fast_profile_and_secret_settings() -> None:

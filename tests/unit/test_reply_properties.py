@@ -8,7 +8,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mingle_plugins import MingleSummary
 from mingle_plugins.bootstep import Mingle
 
 MAX_CLOCK = 10**6
@@ -71,9 +70,8 @@ def test_any_reply_is_merged_whole_or_not_at_all(bounded_step: Mingle, consumer:
     state.revoked.add("kept-id")
     before_ids = set(state.revoked)
     before_clock = consumer.app.clock.value
-    bounded_step._summary = MingleSummary(hostname="me", transport="memory")
-
-    bounded_step.on_node_reply(consumer, "node@x", reply)  # must never raise
+    with bounded_step.mingle_round(consumer) as rnd:
+        bounded_step.on_node_reply(consumer, "node@x", reply)  # must never raise
 
     after_ids = set(state.revoked)
     assert before_ids <= after_ids
@@ -81,7 +79,7 @@ def test_any_reply_is_merged_whole_or_not_at_all(bounded_step: Mingle, consumer:
     added = after_ids - before_ids
     after_clock = consumer.app.clock.value
     assert before_clock <= after_clock <= max(before_clock, MAX_CLOCK) + 1
-    rejected = "node@x" in bounded_step._summary.rejected
+    rejected = "node@x" in rnd.summary.rejected
     if rejected:  # nothing of a rejected reply is merged
         assert not added and after_clock == before_clock
     else:  # an accepted reply is merged whole

@@ -58,3 +58,62 @@ def test_bad_value_logs_one_line_and_uses_default(key: str, value: object, caplo
 def test_strict_raises_on_bad_value() -> None:
     with pytest.raises(SettingsError, match="mingle_hello_timeout='soon' is not accepted"):
         load_settings({"mingle_strict": True, "mingle_hello_timeout": "soon"}, environ={})
+
+
+PLUGIN_WITH_SETTINGS = """
+from dataclasses import dataclass
+from mingle_plugins import hookimpl, seconds, setting, boolean
+
+@dataclass(frozen=True)
+class AuditSettings:
+    path: str = setting("/tmp/audit", "Where to write.", __import__("mingle_plugins").text)
+    every: float = setting(2.0, "How often.", seconds)
+    loud: bool = setting(False, "Say more.", boolean)
+
+SEEN = []
+
+@hookimpl
+def mingle_add_settings(registry):
+    registry.add("audit", AuditSettings)
+
+@hookimpl
+def mingle_sync_complete(settings):
+    SEEN.append(settings.plugin(AuditSettings))
+"""
+
+
+def test_a_plugin_declares_its_settings_and_gets_them_parsed_once(fake_dist, caplog) -> None:
+    from mingle_plugins.config import configure
+
+    fake_dist("mingle-audit-x", "1.0", {"audit": "audit_x"}, {"audit_x": PLUGIN_WITH_SETTINGS})
+    conf = {"mingle_plugin_settings": {"audit": {"every": "5", "loud": "perhaps", "colour": "red"}}}
+    with caplog.at_level(logging.ERROR, logger="mingle_plugins"):
+        config = configure(conf, environ={})
+    import audit_x  # type: ignore[import-not-found]
+
+    own = config.settings.plugin(audit_x.AuditSettings)
+    assert (own.path, own.every, own.loud) == ("/tmp/audit", 5.0, False)
+    assert [p.setting for p in config.problems] == ["loud", "colour"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        "mingle_plugin_settings['audit']: loud='perhaps' is not accepted" in x and "False" in x for x in lines
+    )
+    assert any("colour='red'" in x and "ignored" in x and "one of every, loud, path" in x for x in lines)
+    assert len(lines) == 2
+
+
+def test_strict_mode_stops_on_a_bad_plugin_setting(fake_dist) -> None:
+    from mingle_plugins.config import configure
+
+    fake_dist("mingle-audit-y", "1.0", {"audit": "audit_y"}, {"audit_y": PLUGIN_WITH_SETTINGS})
+    conf = {"mingle_strict": True, "mingle_plugin_settings": {"audit": {"every": -1}}}
+    with pytest.raises(SettingsError, match="every=-1 is not accepted"):
+        configure(conf, environ={})
+
+
+def test_a_declaration_that_is_not_a_settings_dataclass_is_refused(caplog) -> None:
+    from mingle_plugins import SettingsRegistry
+
+    registry = SettingsRegistry()
+    with pytest.raises(TypeError, match="not a dataclass"):
+        registry.add("x", dict)

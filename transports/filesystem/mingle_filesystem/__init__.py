@@ -28,12 +28,23 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 
-from mingle_plugins import HelloOptions, hookimpl, plugin_seconds
+from mingle_plugins import (
+    HelloOptions,
+    MingleSettings,
+    SettingsRegistry,
+    WorkerConsumer,
+    hookimpl,
+    optional_seconds,
+    seconds,
+    setting,
+    transport_option_seconds,
+)
 
 __all__ = [
     "DRIVER_TYPE",
     "FilesystemSettings",
     "count_live_neighbours",
+    "mingle_add_settings",
     "mingle_expected_replies",
     "mingle_transport_compatible",
     "mingle_tune_hello",
@@ -55,56 +66,48 @@ KOMBU_POLLING_INTERVAL = 1.0
 
 @dataclass(frozen=True)
 class FilesystemSettings:
-    """``mingle_plugin_settings["filesystem"]``, every key optional.
+    """``mingle_plugin_settings["filesystem"]``, every key optional (see ``mingle_add_settings``)."""
 
-    Attributes:
-        neighbour_polling_interval: how often the neighbours poll their pidbox
-            queue; default: ``broker_transport_options["polling_interval"]``
-            of this app, else kombu's 1.0 s.
-        margin: seconds added to that interval for the neighbour to write its
-            reply and for this node to read it (default 0.5).
-        reply_polling_interval: how often this node polls its reply queue
-            while it collects the replies (default 0.05).
-        stale_after: a node whose pidbox queue holds a message older than this
-            is not counted by ``mingle_expected_replies`` (it is dead, or
-            busy and would not answer in time); default
-            ``max(5.0, 5 * neighbour_polling_interval)``.
-    """
+    neighbour_polling_interval: float | None = setting(
+        None,
+        "How often the neighbours poll their pidbox queue. `None`: this app's "
+        "`broker_transport_options['polling_interval']`, else kombu's 1.0 s.",
+        optional_seconds,
+    )
+    margin: float = setting(
+        0.5,
+        "Seconds added to that interval for a neighbour to write its reply and this node to read it.",
+        seconds,
+    )
+    reply_polling_interval: float = setting(
+        0.05, "How often this node polls its reply queue while it collects the replies.", seconds
+    )
+    stale_after: float | None = setting(
+        None,
+        "A node whose pidbox queue holds a message older than this is not counted by "
+        "`mingle_expected_replies`. `None`: `max(5.0, 5 * neighbour_polling_interval)`.",
+        optional_seconds,
+    )
 
-    neighbour_polling_interval: float = KOMBU_POLLING_INTERVAL
-    margin: float = 0.5
-    reply_polling_interval: float = 0.05
-    stale_after: float = 5.0
+    def interval(self, conf: Mapping[str, Any]) -> float:
+        """The neighbours' polling interval: the setting, else the app's transport option."""
+        if self.neighbour_polling_interval is not None:
+            return self.neighbour_polling_interval
+        return transport_option_seconds(conf, "polling_interval", KOMBU_POLLING_INTERVAL)
 
-    @property
-    def window(self) -> float:
+    def window(self, conf: Mapping[str, Any]) -> float:
         """How long the collection stays open after the hello."""
-        return self.neighbour_polling_interval + self.margin
+        return self.interval(conf) + self.margin
 
-    @classmethod
-    def from_app(cls, app: Any) -> FilesystemSettings:
-        """Read the settings; a bad value is logged and replaced by its default."""
-        conf = app.conf
-        transport_options = conf.get("broker_transport_options") or {}
-        own: Mapping[str, Any] = (conf.get("mingle_plugin_settings") or {}).get(PLUGIN_NAME) or {}
-        interval = _positive(
-            "broker_transport_options['polling_interval']",
-            transport_options.get("polling_interval"),
-            KOMBU_POLLING_INTERVAL,
-        )
-        interval = _positive("neighbour_polling_interval", own.get("neighbour_polling_interval"), interval)
-        return cls(
-            neighbour_polling_interval=interval,
-            margin=_positive("margin", own.get("margin"), cls.margin),
-            reply_polling_interval=_positive(
-                "reply_polling_interval", own.get("reply_polling_interval"), cls.reply_polling_interval
-            ),
-            stale_after=_positive("stale_after", own.get("stale_after"), max(5.0, 5 * interval)),
-        )
+    def stale(self, conf: Mapping[str, Any]) -> float:
+        """When a bound queue's oldest message makes its node count as gone."""
+        return self.stale_after if self.stale_after is not None else max(5.0, 5 * self.interval(conf))
 
 
-def _positive(name: str, value: Any, default: float) -> float:
-    return plugin_seconds(PLUGIN_NAME, name, value, default)
+@hookimpl
+def mingle_add_settings(registry: SettingsRegistry) -> None:
+    """Declare ``mingle_plugin_settings["filesystem"]``."""
+    registry.add(PLUGIN_NAME, FilesystemSettings)
 
 
 @hookimpl
@@ -114,17 +117,17 @@ def mingle_transport_compatible(driver_type: str) -> bool | None:
 
 
 @hookimpl
-def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions) -> None:
+def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions, settings: MingleSettings) -> None:
     """Keep the collection open one neighbour polling interval plus margin; poll replies fast."""
     if driver_type != DRIVER_TYPE:
         return
-    settings = FilesystemSettings.from_app(app)
-    window = settings.window
+    own = settings.plugin(FilesystemSettings)
+    window = own.window(app.conf)
     # Every neighbour polls once within ``window`` of the hello: no reply comes later than that.
-    options.allow_late_replies(window, settings.reply_polling_interval)
+    options.allow_late_replies(window, own.reply_polling_interval)
     logger.debug(
         "mingle: filesystem: neighbours poll every %.3fs; collecting for up to %.3fs, polling every %.3fs",
-        settings.neighbour_polling_interval,
+        own.interval(app.conf),
         options.timeout,
         options.polling_interval,
     )
@@ -158,16 +161,16 @@ def count_live_neighbours(channel: Any, mailbox: Any, hostname: str, stale_after
 
 
 @hookimpl
-def mingle_expected_replies(consumer: Any, driver_type: str) -> int | None:
+def mingle_expected_replies(
+    consumer: WorkerConsumer, driver_type: str, settings: MingleSettings
+) -> int | None:
     """The number of live pidbox bindings of other nodes in the control folder."""
     if driver_type != DRIVER_TYPE:
         return None
-    settings = FilesystemSettings.from_app(consumer.app)
+    stale_after = settings.plugin(FilesystemSettings).stale(consumer.app.conf)
     channel = consumer.connection.default_channel
     try:
-        count = count_live_neighbours(
-            channel, consumer.app.control.mailbox, consumer.hostname, settings.stale_after
-        )
+        count = count_live_neighbours(channel, consumer.app.control.mailbox, consumer.hostname, stale_after)
     except (OSError, ChannelError) as exc:
         logger.warning("mingle: filesystem: cannot read the control folder, count unknown: %r", exc)
         return None

@@ -27,13 +27,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from mingle_plugins import HelloOptions, hookimpl, plugin_seconds
+from mingle_plugins import (
+    HelloOptions,
+    MingleSettings,
+    SettingsRegistry,
+    WorkerConsumer,
+    hookimpl,
+    optional_seconds,
+    seconds,
+    setting,
+    transport_option_seconds,
+)
 
 __all__ = [
     "DRIVER_TYPE",
     "PgmqSettings",
     "count_live_neighbours",
     "core_supports_reply_queue",
+    "mingle_add_settings",
     "mingle_expected_replies",
     "mingle_transport_compatible",
     "mingle_tune_hello",
@@ -66,56 +77,49 @@ def core_supports_reply_queue() -> bool:
 
 @dataclass(frozen=True)
 class PgmqSettings:
-    """``mingle_plugin_settings["pgmq"]``, every key optional.
+    """``mingle_plugin_settings["pgmq"]``, every key optional (declared with ``mingle_add_settings``)."""
 
-    Attributes:
-        neighbour_latency: the longest a neighbour takes to read its pidbox
-            queue; default: its ``polling_interval`` plus one long poll of its
-            task queue (``min(wait_time_seconds, 2.0)`` when that is >= 1 s),
-            read from this app's ``broker_transport_options``.
-        margin: seconds added for the neighbour to answer and this node to read
-            the answer (default 0.5).
-        reply_polling_interval: how often this node polls its reply queue while
-            it collects the replies (default 0.05).
-        stale_after: a pidbox queue whose oldest message is older than this is
-            taken as a node that will not answer (default
-            ``max(10.0, 3 * neighbour_latency)``).
-    """
+    neighbour_latency: float | None = setting(
+        None,
+        "The longest a neighbour takes to read its pidbox queue. `None`: its `polling_interval` plus "
+        "one long poll of its task queue (`min(wait_time_seconds, 2.0)` when that is >= 1 s), read "
+        "from this app's `broker_transport_options`.",
+        optional_seconds,
+    )
+    margin: float = setting(
+        0.5, "Seconds added for the neighbour to answer and this node to read the answer.", seconds
+    )
+    reply_polling_interval: float = setting(
+        0.05, "How often this node polls its reply queue while it collects the replies.", seconds
+    )
+    stale_after: float | None = setting(
+        None,
+        "A pidbox queue whose oldest message is older than this is taken as a node that will not "
+        "answer. `None`: `max(10.0, 3 * neighbour_latency)`.",
+        optional_seconds,
+    )
 
-    neighbour_latency: float = KOMBU_POLLING_INTERVAL + SYNLOOP_DRAIN_TIMEOUT
-    margin: float = 0.5
-    reply_polling_interval: float = 0.05
-    stale_after: float = 10.0
+    def latency(self, conf: Mapping[str, Any]) -> float:
+        """How late a neighbour reads its pidbox queue: the setting, else from the transport options."""
+        if self.neighbour_latency is not None:
+            return self.neighbour_latency
+        interval = transport_option_seconds(conf, "polling_interval", KOMBU_POLLING_INTERVAL)
+        wait = transport_option_seconds(conf, "wait_time_seconds", KOMBU_WAIT_TIME_SECONDS, zero=True)
+        return interval + (min(wait, SYNLOOP_DRAIN_TIMEOUT) if wait >= 1 else 0.0)
 
-    @property
-    def window(self) -> float:
+    def window(self, conf: Mapping[str, Any]) -> float:
         """How long the collection stays open after the hello."""
-        return self.neighbour_latency + self.margin
+        return self.latency(conf) + self.margin
 
-    @classmethod
-    def from_app(cls, app: Any) -> PgmqSettings:
-        """Read the settings; a bad value is logged and replaced by its default."""
-        conf = app.conf
-        options = conf.get("broker_transport_options") or {}
-        own: Mapping[str, Any] = (conf.get("mingle_plugin_settings") or {}).get(PLUGIN_NAME) or {}
-        interval = _seconds("polling_interval", options.get("polling_interval"), KOMBU_POLLING_INTERVAL)
-        wait = _seconds(
-            "wait_time_seconds", options.get("wait_time_seconds"), KOMBU_WAIT_TIME_SECONDS, zero=True
-        )
-        long_poll = min(wait, SYNLOOP_DRAIN_TIMEOUT) if wait >= 1 else 0.0
-        latency = _seconds("neighbour_latency", own.get("neighbour_latency"), interval + long_poll)
-        return cls(
-            neighbour_latency=latency,
-            margin=_seconds("margin", own.get("margin"), cls.margin),
-            reply_polling_interval=_seconds(
-                "reply_polling_interval", own.get("reply_polling_interval"), cls.reply_polling_interval
-            ),
-            stale_after=_seconds("stale_after", own.get("stale_after"), max(10.0, 3 * latency)),
-        )
+    def stale(self, conf: Mapping[str, Any]) -> float:
+        """When a bound queue's oldest message makes its node count as gone."""
+        return self.stale_after if self.stale_after is not None else max(10.0, 3 * self.latency(conf))
 
 
-def _seconds(name: str, value: Any, default: float, zero: bool = False) -> float:
-    return plugin_seconds(PLUGIN_NAME, name, value, default, zero=zero)
+@hookimpl
+def mingle_add_settings(registry: SettingsRegistry) -> None:
+    """Declare ``mingle_plugin_settings["pgmq"]``."""
+    registry.add(PLUGIN_NAME, PgmqSettings)
 
 
 @hookimpl
@@ -133,19 +137,18 @@ def mingle_transport_compatible(driver_type: str) -> bool | None:
 
 
 @hookimpl
-def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions) -> None:
+def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions, settings: MingleSettings) -> None:
     """A short reply queue by the default exchange; open one neighbour round plus margin; poll fast."""
     if driver_type != DRIVER_TYPE:
         return
-    settings = PgmqSettings.from_app(app)
-    window = settings.window
-    options.allow_late_replies(window, settings.reply_polling_interval)
+    own = settings.plugin(PgmqSettings)
+    options.allow_late_replies(own.window(app.conf), own.reply_polling_interval)
     if core_supports_reply_queue():
         # 23 characters: PGMQ queue names are at most 47.
         options.reply_queue = f"mingle_{uuid.uuid4().hex[:16]}"  # type: ignore[attr-defined,unused-ignore]
     logger.debug(
         "mingle: pgmq: neighbours read their pidbox within %.3fs; collecting for up to %.3fs",
-        settings.neighbour_latency,
+        own.latency(app.conf),
         options.timeout,
     )
 
@@ -178,16 +181,16 @@ def count_live_neighbours(channel: Any, mailbox: Any, hostname: str, stale_after
 
 
 @hookimpl
-def mingle_expected_replies(consumer: Any, driver_type: str) -> int | None:
+def mingle_expected_replies(
+    consumer: WorkerConsumer, driver_type: str, settings: MingleSettings
+) -> int | None:
     """The number of live pidbox bindings of other nodes in ``pgmq.topic_bindings``."""
     if driver_type != DRIVER_TYPE:
         return None
-    settings = PgmqSettings.from_app(consumer.app)
+    stale_after = settings.plugin(PgmqSettings).stale(consumer.app.conf)
     channel = consumer.connection.default_channel
     try:
-        count = count_live_neighbours(
-            channel, consumer.app.control.mailbox, consumer.hostname, settings.stale_after
-        )
+        count = count_live_neighbours(channel, consumer.app.control.mailbox, consumer.hostname, stale_after)
     except Exception as exc:  # a database error: the count is unknown, the timeout applies
         logger.warning("mingle: pgmq: cannot count the pidbox bindings: %r", exc)
         return None

@@ -1,194 +1,32 @@
-"""The hello wire protocol: what is sent, how replies are collected and checked.
+"""Collecting the replies to a hello over kombu: one reply queue, one consumer, one deadline.
 
 Request: the stock pidbox ``hello`` control command, ``{"from_node": ...,
-"revoked": ...}``. Reply: ``{nodename: {"revoked": X, "clock": int}}`` where X
-is a list of ids (Celery 5.7) or a ``{id: [stamp, ...]}`` dict (5.3 to 5.6).
-A reply is checked whole before anything of it is merged.
+"revoked": ...}`` (plus the ``mingle`` extension of :mod:`mingle_plugins.protocol`).
+Replies: ``{nodename: body}``, handed over as received; the step checks them
+(:mod:`mingle_plugins.checks`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from celery.worker import state as worker_state
 from kombu.entity import Queue
 from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
-from . import protocol
+from . import compat, protocol
+from .checks import Duplicates, Malformed, body_problem, decode_error_reason, shown
 from .model import HelloOptions
 
-if TYPE_CHECKING:
-    from .settings import MingleSettings
+__all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
 
 logger = logging.getLogger("mingle_plugins")
 
-__all__ = [
-    "InvalidReply",
-    "ReplyLimits",
-    "ValidReply",
-    "HelloCollector",
-    "count_fanout_receivers",
-    "hello_exchange",
-    "reply_limits",
-    "revoked_for_hello",
-    "sends_ids_only",
-    "validate_reply",
-]
-
-
-def sends_ids_only(state: Any = worker_state) -> bool:
-    """True on Celery 5.7+, whose hello carries ids only (``state.merge_revoked``)."""
-    return hasattr(state, "merge_revoked")
-
-
-def revoked_for_hello(state: Any) -> Any:
-    """This node's revoked ids in the installed Celery's hello format."""
-    if sends_ids_only(state):
-        return list(state.revoked)  # oldest first, as stock 5.7
-    return state.revoked._data  # the stamp dict, as stock 5.3 to 5.6
-
-
-class InvalidReply(ValueError):
-    """A neighbour's reply failed a check; the message says which."""
-
-
-@dataclass(frozen=True)
-class ReplyLimits:
-    """Bounds a reply must stay within."""
-
-    max_ids: int
-    max_id_length: int
-    max_clock: int
-
-
-@dataclass(frozen=True)
-class ValidReply:
-    """A reply that passed every check.
-
-    ``revoked`` is ``None``, a list of ids, or a ``{id: stamp}`` dict of floats.
-    """
-
-    clock: int | None
-    revoked: list[str] | dict[str, float] | None
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self.revoked or ())
-
-
-def reply_limits(settings: MingleSettings, revoked_set: Any) -> ReplyLimits:
-    """The bounds of this worker: its revoked set's ``maxlen`` and the ``mingle_max_*`` settings."""
-    return ReplyLimits(
-        max_ids=revoked_set.maxlen or 2**31,
-        max_id_length=settings.max_id_length,
-        max_clock=settings.max_clock,
-    )
-
-
-def _check_id(task_id: Any, limits: ReplyLimits) -> None:
-    if type(task_id) is not str:
-        raise InvalidReply(f"revoked id {task_id!r:.60} is a {type(task_id).__name__}, not a string")
-    if not task_id or len(task_id) > limits.max_id_length:
-        raise InvalidReply(f"revoked id of length {len(task_id)} is outside 1..{limits.max_id_length}")
-
-
-def _stamp(value: Any) -> float:
-    # LimitedSet keeps (stamp, ...) tuples; JSON turns them into lists.
-    stamp = value[0] if isinstance(value, (list, tuple)) and value else value
-    number = math.nan
-    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
-        try:
-            number = float(stamp)
-        except OverflowError:  # a JSON integer beyond the range of a float
-            number = math.inf
-    if not math.isfinite(number) or number < 0:
-        raise InvalidReply(f"revoked stamp {value!r:.60} is not a finite number >= 0")
-    return number
-
-
-def validate_reply(reply: Any, limits: ReplyLimits) -> ValidReply:
-    """Check a whole reply; raise :class:`InvalidReply` at the first problem."""
-    if not isinstance(reply, Mapping):
-        raise InvalidReply(f"reply is a {type(reply).__name__}, not a mapping")
-    if "error" in reply:
-        raise InvalidReply(f"node answered with an error: {reply['error']!r:.200}")
-    clock = reply.get("clock")
-    if clock is not None:
-        if type(clock) is not int or clock < 0:
-            raise InvalidReply(f"clock {clock!r:.60} is not an integer >= 0")
-        if clock > limits.max_clock:
-            shown = f"{clock:.3e}" if clock.bit_length() < 1000 else f"a {clock.bit_length()}-bit integer"
-            raise InvalidReply(f"clock {shown} is above mingle_max_clock ({limits.max_clock})")
-    revoked = reply.get("revoked")
-    if revoked is None or (isinstance(revoked, (list, tuple, dict)) and not revoked):
-        return ValidReply(clock, None)
-    if isinstance(revoked, (list, tuple, dict)) and len(revoked) > limits.max_ids:
-        raise InvalidReply(f"{len(revoked)} revoked ids is more than the {limits.max_ids} a worker keeps")
-    if isinstance(revoked, (list, tuple)):
-        for task_id in revoked:
-            _check_id(task_id, limits)
-        return ValidReply(clock, list(revoked))
-    if isinstance(revoked, dict):
-        stamps: dict[str, float] = {}
-        for task_id, value in revoked.items():
-            _check_id(task_id, limits)
-            stamps[task_id] = _stamp(value)
-        return ValidReply(clock, stamps)
-    raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
-
-
 #: The longest a single ``drain_events`` call blocks while collecting replies.
 _SLICE = 0.25
-
-
-class _PublishCounter:
-    """Wraps a redis client: remembers how many subscribers each PUBLISH reached."""
-
-    def __init__(self, client: Any, counts: list[int]) -> None:
-        self._client = client
-        self._counts = counts
-
-    def publish(self, *args: Any, **kwargs: Any) -> Any:
-        receivers = self._client.publish(*args, **kwargs)
-        self._counts.append(int(receivers))
-        return receivers
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-
-@contextmanager
-def count_fanout_receivers(connection: Any, chan: Any) -> Iterator[list[int]]:
-    """On Redis, count the subscribers a fanout publish reaches (else count nothing).
-
-    kombu publishes a fanout message with ``PUBLISH``, whose answer is the number
-    of subscribers that got it: the other workers' pidbox consumers. kombu drops
-    that number, so the channel's client is wrapped for this one publish (on this
-    channel instance only).
-    """
-    counts: list[int] = []
-    original = getattr(chan, "conn_or_acquire", None)
-    if connection.transport.driver_type != "redis" or original is None:
-        yield counts
-        return
-
-    @contextmanager
-    def counting(client: Any = None) -> Iterator[Any]:
-        with original(client) as real:
-            yield _PublishCounter(real, counts)
-
-    chan.conn_or_acquire = counting
-    try:
-        yield counts
-    finally:
-        del chan.conn_or_acquire
 
 
 def _publish_to_queue(
@@ -264,43 +102,48 @@ class HelloCollector:
             if self.options.polling_interval is not None and self._saved_interval is not None:
                 self.connection.transport.polling_interval = self._saved_interval
 
-    def _on_message(self, body: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
+        """Every reply message, undecoded: read by :func:`read_reply_message`."""
         header = message.headers.get
         clock = header("clock")
         # kombu moves the clock on every reply header; do it only within bounds.
         if type(clock) is int and 0 <= clock <= self.options.max_clock:
             self.mailbox.clock.adjust(clock)
         expires = header("expires")
-        if expires and time.time() > expires:
+        if isinstance(expires, (int, float)) and time.time() > expires:
             return
         replies = self._requests.get(header("ticket"))
         if replies is None:
             return
-        if isinstance(body, Mapping) and body:
-            for node, reply in body.items():
-                replies.setdefault(str(node), reply)  # a duplicate node name keeps its first reply
-        else:
-            self._malformed += 1
-            replies[f"<malformed reply {self._malformed}>"] = body
+        bodies = read_reply_message(message)
+        if isinstance(bodies, Malformed):
+            self._add_malformed(replies, bodies)
+            return
+        for node, reply in bodies.items():
+            _add(replies, node, reply)
+
+    def _add_malformed(self, replies: dict[str, Any], malformed: Malformed) -> None:
+        self._malformed += 1
+        replies[f"<malformed reply {self._malformed}>"] = malformed
 
     def _on_decode_error(self, message: Any, exc: Exception) -> None:
+        # kombu calls this instead of ``_on_message`` for a message it marked as broken.
         replies = self._requests.get(message.headers.get("ticket"))
         if replies is not None:
-            self._malformed += 1
-            replies[f"<malformed reply {self._malformed}>"] = f"undecodable: {exc!r:.200}"
+            self._add_malformed(replies, Malformed(decode_error_reason(exc)))
 
     def _publish(self, arguments: dict[str, Any], destination: list[str] | None, ticket: str) -> None:
         if self.options.reply_queue is None:
-            # kombu's private publish: the call Celery's broadcast makes, without its collector;
-            # our own producer on ``chan``: the mailbox's pooled one would use another connection.
-            self.mailbox._publish(
-                "hello",
+            # The call Celery's broadcast makes, without its collector; our own producer
+            # on ``chan``: the mailbox's pooled one would use another connection.
+            compat.publish_hello(
+                self.mailbox,
+                self.chan,
                 arguments,
-                destination=destination,
-                reply_ticket=ticket,
-                channel=self.chan,
-                timeout=self.options.timeout,
-                producer=Producer(self.chan, auto_declare=False),  # type: ignore[no-untyped-call]
+                destination,
+                ticket,
+                self.options.timeout,
+                Producer(self.chan, auto_declare=False),  # type: ignore[no-untyped-call]
             )
         else:
             _publish_to_queue(
@@ -322,15 +165,16 @@ class HelloCollector:
         number of subscribers the hello reached when ``options.count_receivers``);
         without a count, ``options.quiet_window`` waits that long after each
         reply, with ``timeout`` as the bound of the whole collection. A body
-        that is not a mapping is kept under ``"<malformed reply N>"`` so that it
-        is rejected and counted like any invalid reply.
+        that cannot hold replies is kept as a :class:`Malformed` under ``"<malformed
+        reply N>"``, so that it is rejected with its reason and counted; every
+        reply under a node name that answered already is kept (:class:`Duplicates`).
         """
         options = self.options
         ticket = uuid()
         replies: dict[str, Any] = {}
         self._requests[ticket] = replies
         own = arguments.get("from_node")
-        with count_fanout_receivers(self.connection, self.chan) as receivers:
+        with compat.count_fanout_receivers(self.connection, self.chan) as receivers:
             self._publish(dict(arguments), destination, ticket)
         expected = options.expected_replies
         if destination:
@@ -344,7 +188,7 @@ class HelloCollector:
             self._consumer = Consumer(  # type: ignore[no-untyped-call]
                 self.chan, [self.reply_queue], accept=self.mailbox.accept, no_ack=True
             )
-            self._consumer.register_callback(self._on_message)
+            self._consumer.on_message = self._on_message
             self._consumer.on_decode_error = self._on_decode_error
             self._consumer.consume()
         started = last_reply = time.monotonic()
@@ -369,8 +213,33 @@ class HelloCollector:
                 continue
             if len(replies) > before:
                 last_reply = time.monotonic()
-        logger.debug("mingle: collected %d replies to %s", len(replies), destination or "the broadcast")
+        logger.debug(
+            "mingle: collected %d replies to %s", len(replies), shown(destination or "the broadcast")
+        )
         return replies
+
+
+def read_reply_message(message: Any) -> dict[str, Any] | Malformed:
+    """Decode one reply message (as kombu would, with the mailbox's accepted content types):
+    ``{node name: reply body}``, or :class:`Malformed` with the real reason."""
+    try:
+        body = message.decode()
+    except Exception as exc:
+        return Malformed(decode_error_reason(exc))
+    problem = body_problem(body)
+    if problem is not None:
+        return Malformed(problem)
+    return {str(node): reply for node, reply in body.items()}
+
+
+def _add(replies: dict[str, Any], node: str, reply: Any) -> None:
+    """Keep every reply under a node name: the step picks the one that passes the checks."""
+    if node not in replies:
+        replies[node] = reply
+    elif isinstance(replies[node], Duplicates):
+        replies[node].append(reply)
+    else:
+        replies[node] = Duplicates([replies[node], reply])
 
 
 def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[str, Any]:
@@ -383,8 +252,9 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
     if options.nonce:
         ext["nonce"] = options.nonce
         if options.signing_key:
+            ext["sent_at"] = sent_at = time.time()
             ext["request_signature"] = protocol.sign_request(
-                options.signing_key, options.nonce, consumer.hostname, revoked
+                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at
             )
     if options.digest:
         ext["want"] = "digest"
@@ -414,7 +284,10 @@ def _fetch_full_lists(
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]
                 logger.debug(
-                    "mingle: full list of digest %.12s from %s (%d nodes share it)", digest, node, len(nodes)
+                    "mingle: full list of digest %.12s from %s (%d nodes share it)",
+                    digest,
+                    shown(node),
+                    len(nodes),
                 )
                 break
         else:

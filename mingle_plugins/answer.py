@@ -1,0 +1,65 @@
+"""The answering side: this worker's ``hello`` handler, for a neighbour that mingles.
+
+A neighbour's hello request carries its revoked ids, which stock Celery's
+handler merges with no check. Here they take the path every reply takes
+(:class:`~mingle_plugins.rounds.MingleRound`: checks, trust, ``mingle_on_reply``,
+the merge policies, the installed Celery's merge), as a :class:`Reply` whose
+``source`` is ``"request"``; the stock handler then answers with ``revoked=None``.
+A request of this package's extension (``mingle``) gets a digest and a
+signature (:mod:`mingle_plugins.protocol`); a stock request gets the stock reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from celery.utils.log import get_logger
+
+from . import protocol
+from .checks import InvalidReply, check_nodename, shown
+
+if TYPE_CHECKING:
+    from .bootstep import Mingle
+
+__all__ = ["make_hello"]
+
+logger = get_logger(__name__)
+
+
+def take_request_ids(step: Mingle, consumer: Any, from_node: Any, revoked: Any, ext: Any) -> None:
+    """Put the ids of one hello request through the reply path; log what came of them."""
+    rnd = step.new_round(consumer)
+    body = {"revoked": revoked, "mingle": ext if isinstance(ext, Mapping) else None}
+    reply = rnd.receive(from_node, body, source="request")
+    if reply is None:  # logged by receive: "rejected the hello request of NODE (ids not merged)"
+        return
+    outcome = rnd.merge(reply)
+    rnd.accept(reply)
+    rnd.finish()
+    logger.info(
+        "mingle: hello from %s: %d ids received, %d merged, %d dropped by policy",
+        shown(from_node),
+        outcome.ids_received,
+        outcome.ids_merged,
+        outcome.ids_received - outcome.ids_kept,
+    )
+
+
+def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the stock ``hello`` handler: the request's ids go through the reply path."""
+
+    def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
+        try:
+            check_nodename(from_node)
+        except InvalidReply as exc:  # stock would log the name raw ("sync with <name>")
+            logger.warning("mingle: refused a hello request from %s: %s", shown(from_node), exc)
+            return None
+        if revoked and from_node != state.hostname:
+            take_request_ids(step, state.consumer, from_node, revoked, mingle)
+        reply = stock_hello(state, from_node, revoked=None, **kwargs)
+        if reply is None or not isinstance(mingle, Mapping):
+            return reply
+        return protocol.extend_reply(reply, mingle, state.hostname, step.settings.hmac_keys)
+
+    return hello

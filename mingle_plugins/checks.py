@@ -1,0 +1,273 @@
+"""Checking what neighbours send: a reply body or a hello request becomes one typed :class:`Reply`.
+
+Everything is checked whole before anything of it is used: the node name,
+the clock, every id (and stamp), the bounds of this worker; then the trust
+settings (``mingle_trusted_nodes``, ``mingle_hmac_keys``). A failed check
+raises :class:`InvalidReply` (or :class:`~mingle_plugins.RejectReply` for
+trust) with the reason, which is logged and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import protocol
+from .errors import RejectReply
+from .model import Reply
+
+if TYPE_CHECKING:
+    from .settings import MingleSettings
+
+__all__ = [
+    "MAX_NODENAME_LENGTH",
+    "Duplicates",
+    "InvalidReply",
+    "Malformed",
+    "ReplayGuard",
+    "ReplyLimits",
+    "check_body",
+    "check_nodename",
+    "check_reply",
+    "check_trust",
+    "body_problem",
+    "decode_error_reason",
+    "reply_limits",
+    "shown",
+]
+
+#: The longest node name accepted (Celery's are ``name@host``; a host name is at most 253).
+MAX_NODENAME_LENGTH = 255
+
+#: Keys of a reply that are not passed on as ``Reply.extra``.
+_KNOWN_KEYS = frozenset({"clock", "revoked", "mingle", "self", "c"})
+
+
+class InvalidReply(ValueError):
+    """A neighbour's reply failed a check; the message says which."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A reply message that could not be used at all (undecodable, empty, not a mapping)."""
+
+    reason: str
+
+
+class Duplicates(list[Any]):
+    """The bodies received under one node name in one hello, in arrival order."""
+
+
+def decode_error_reason(exc: BaseException) -> str:
+    """Why kombu could not decode a reply: the real reason, in a few words."""
+    cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc.__cause__ or exc
+    name = type(exc).__name__
+    if name == "ContentDisallowed":
+        return f"content type refused: {exc}"[:200]
+    if isinstance(cause, RecursionError):
+        return "nesting too deep to decode"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {cause.start}"
+    if type(cause).__name__ == "JSONDecodeError":
+        return f"invalid JSON: {cause}"[:200]
+    return f"undecodable: {cause!r}"[:200]
+
+
+def body_problem(body: Any) -> str | None:
+    """Why a decoded reply message cannot hold replies, or ``None`` when it can."""
+    if body is None:
+        return "empty body (null)"
+    if isinstance(body, Mapping):
+        return None if body else "empty body ({})"
+    return f"body is a {type(body).__name__}, not a mapping of node names"
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """Bounds a reply must stay within."""
+
+    max_ids: int
+    max_id_length: int
+    max_clock: int
+
+
+def reply_limits(settings: MingleSettings, revoked_set: Any) -> ReplyLimits:
+    """The bounds of this worker: its revoked set's ``maxlen`` and the ``mingle_max_*`` settings."""
+    return ReplyLimits(
+        max_ids=revoked_set.maxlen or 2**31,
+        max_id_length=settings.max_id_length,
+        max_clock=settings.max_clock,
+    )
+
+
+def shown(name: object, limit: int = 80) -> str:
+    """A node name as it may appear in a log line: escaped (no newline, no escape
+    sequence, no bidi override) and truncated."""
+    text = name if isinstance(name, str) else repr(name)  # a list of names is shown as its repr
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in escaped)
+    return escaped if len(escaped) <= limit else f"{escaped[:limit]}...({len(text)} chars)"
+
+
+def check_nodename(name: object) -> str:
+    """The node name if it is one (``name@host``, printable, bounded), else raise InvalidReply."""
+    if not isinstance(name, str):
+        raise InvalidReply(f"node name is a {type(name).__name__}, not a string")
+    if not 3 <= len(name) <= MAX_NODENAME_LENGTH:
+        raise InvalidReply(f"node name of length {len(name)} is outside 3..{MAX_NODENAME_LENGTH}")
+    if not name.isprintable() or any(ch.isspace() for ch in name):
+        raise InvalidReply("node name has unprintable or blank characters")
+    if any(0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069 for ch in name):
+        raise InvalidReply("node name has bidirectional control characters")
+    local, at, host = name.partition("@")
+    if not (local and at and host):
+        raise InvalidReply("node name is not of the form name@host")
+    return name
+
+
+def _check_id(task_id: Any, limits: ReplyLimits) -> None:
+    if type(task_id) is not str:
+        raise InvalidReply(f"revoked id {task_id!r:.60} is a {type(task_id).__name__}, not a string")
+    if not task_id or len(task_id) > limits.max_id_length:
+        raise InvalidReply(f"revoked id of length {len(task_id)} is outside 1..{limits.max_id_length}")
+
+
+def _stamp(value: Any) -> float:
+    # LimitedSet keeps (stamp, ...) tuples; JSON turns them into lists.
+    stamp = value[0] if isinstance(value, (list, tuple)) and value else value
+    number = math.nan
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+        try:
+            number = float(stamp)
+        except OverflowError:  # a JSON integer beyond the range of a float
+            number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise InvalidReply(f"revoked stamp {value!r:.60} is not a finite number >= 0")
+    return number
+
+
+def _check_clock(clock: Any, limits: ReplyLimits) -> int | None:
+    if clock is None:
+        return None
+    if type(clock) is not int or clock < 0:
+        raise InvalidReply(f"clock {clock!r:.60} is not an integer >= 0")
+    if clock > limits.max_clock:
+        shown_clock = f"{clock:.3e}" if clock.bit_length() < 1000 else f"a {clock.bit_length()}-bit integer"
+        raise InvalidReply(f"clock {shown_clock} is above mingle_max_clock ({limits.max_clock})")
+    return clock
+
+
+def check_body(
+    nodename: object, body: Any, limits: ReplyLimits, source: Literal["reply", "request"] = "reply"
+) -> Reply:
+    """Check one reply body (or the fields of a hello request) whole; return its :class:`Reply`."""
+    if isinstance(body, Malformed):
+        raise InvalidReply(body.reason)
+    name = check_nodename(nodename)
+    if not isinstance(body, Mapping):
+        raise InvalidReply(f"reply is a {type(body).__name__}, not a mapping")
+    if "error" in body:
+        raise InvalidReply(f"node answered with an error: {body['error']!r:.200}")
+    clock = _check_clock(body.get("clock"), limits)
+    ext = body.get("mingle")
+    extension: Mapping[str, Any] = dict(ext) if isinstance(ext, Mapping) else {}
+    extra = {k: v for k, v in body.items() if isinstance(k, str) and k not in _KNOWN_KEYS}
+    revoked = body.get("revoked")
+    ids: tuple[str, ...] = ()
+    stamps: dict[str, float] | None = None
+    if revoked is None or (isinstance(revoked, (list, tuple, dict)) and not revoked):
+        pass
+    elif isinstance(revoked, (list, tuple, dict)) and len(revoked) > limits.max_ids:
+        raise InvalidReply(f"{len(revoked)} revoked ids is more than the {limits.max_ids} a worker keeps")
+    elif isinstance(revoked, (list, tuple)):
+        for task_id in revoked:
+            _check_id(task_id, limits)
+        ids = tuple(dict.fromkeys(revoked))  # a repeated id counts once
+    elif isinstance(revoked, dict):
+        stamps = {}
+        for task_id, value in revoked.items():
+            _check_id(task_id, limits)
+            stamps[task_id] = _stamp(value)
+        ids = tuple(stamps)
+    else:
+        raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
+    return Reply(name, clock, ids, stamps, source, extension, extra)
+
+
+def check_reply(reply: Any, limits: ReplyLimits, original: Reply) -> Reply:
+    """Check a reply a ``mingle_on_reply`` plugin returned: a :class:`Reply` of the same node and
+    source, within the same bounds."""
+    if not isinstance(reply, Reply):
+        raise InvalidReply(f"a mingle_on_reply plugin returned a {type(reply).__name__}, not a Reply")
+    if (reply.nodename, reply.source) != (original.nodename, original.source):
+        raise InvalidReply("a mingle_on_reply plugin changed the node name or source of the reply")
+    _check_clock(reply.clock, limits)
+    if not isinstance(reply.ids, tuple) or len(reply.ids) > limits.max_ids:
+        raise InvalidReply("a mingle_on_reply plugin returned ids that are not a tuple within bounds")
+    for task_id in reply.ids:
+        _check_id(task_id, limits)
+    if reply.stamps is not None:
+        for task_id in reply.ids:
+            _stamp(reply.stamps.get(task_id, 0.0))
+    return reply
+
+
+class ReplayGuard:
+    """Refuses a signed hello request sent too long ago, or whose nonce was seen already.
+
+    Keeps the nonces of the last ``max_age`` seconds, at most ``max_entries``
+    (the oldest are forgotten first when a flood fills it).
+    """
+
+    def __init__(self, max_age: float, max_entries: int = 10_000) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def check(self, nonce: str, sent_at: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if abs(now - sent_at) > self.max_age:
+            raise RejectReply(
+                f"request sent {now - sent_at:+.0f}s from now, outside mingle_signature_max_age "
+                f"({self.max_age:g}s): replayed, or clocks apart"
+            )
+        while self._seen and (
+            len(self._seen) >= self.max_entries or next(iter(self._seen.values())) < now - self.max_age
+        ):
+            self._seen.popitem(last=False)
+        if nonce in self._seen:
+            raise RejectReply("replayed request: its nonce was seen already")
+        self._seen[nonce] = now
+
+
+def check_trust(
+    settings: MingleSettings, reply: Reply, nonce: str | None, guard: ReplayGuard | None = None
+) -> None:
+    """Apply ``mingle_trusted_nodes`` and ``mingle_hmac_keys``; raise RejectReply.
+
+    A reply must be signed over ``nonce`` (this mingle's); a request carries its
+    own nonce and send time, which ``guard`` checks against replays.
+    """
+    if not settings.trusts(reply.nodename):
+        raise RejectReply("node name not in mingle_trusted_nodes")
+    if not settings.hmac_keys:
+        return
+    signature = "request_signature" if reply.source == "request" else "signature"
+    if settings.accept_unsigned and signature not in reply.extension:
+        return  # unsigned (a stock worker's), accepted during a roll-out
+    if reply.source == "request":
+        problem = protocol.verify_request(
+            settings.hmac_keys, reply.nodename, list(reply.ids), reply.extension
+        )
+    else:
+        problem = protocol.verify(
+            settings.hmac_keys, nonce or "", reply.nodename, reply.clock, reply.ids, reply.extension
+        )
+    if problem:
+        raise RejectReply(problem)
+    if reply.source == "request" and guard is not None:
+        guard.check(str(reply.extension["nonce"]), float(reply.extension["sent_at"]))

@@ -1,0 +1,123 @@
+"""Every access to a private Celery or kombu attribute, and every difference between versions.
+
+Celery 5.7 sends and merges revoked ids only (``state.merge_revoked``, local
+stamps); 5.3 to 5.6 send the ``LimitedSet``'s stamp dict and merge it with
+``revoked.update`` (the sender's stamps). Nothing else in this package looks
+at a private attribute: when a Celery or kombu release changes one, this is
+the module to change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from celery.worker import state as worker_state
+
+__all__ = [
+    "count_fanout_receivers",
+    "merge_ids",
+    "publish_hello",
+    "revoked_for_hello",
+    "revoked_stamps",
+    "sends_ids_only",
+]
+
+
+def sends_ids_only(state: Any = worker_state) -> bool:
+    """True on Celery 5.7+, whose hello carries ids only (``state.merge_revoked``)."""
+    return hasattr(state, "merge_revoked")
+
+
+def revoked_stamps(revoked_set: Any) -> dict[str, Any]:
+    """A copy of a ``LimitedSet``'s ``{id: (stamp, id)}`` (its private ``_data``)."""
+    return dict(revoked_set._data)
+
+
+def revoked_for_hello(state: Any) -> Any:
+    """This node's revoked ids in the installed Celery's hello format."""
+    if sends_ids_only(state):
+        return list(state.revoked)  # oldest first, as stock 5.7
+    return state.revoked._data  # the stamp dict, as stock 5.3 to 5.6
+
+
+def merge_ids(state: Any, ids: Sequence[str], stamps: Mapping[str, float] | None) -> None:
+    """Merge ``ids`` into the worker's revoked set as the installed Celery merges a reply.
+
+    5.7: ``state.merge_revoked(ids)`` (stamped with the local clock). 5.3 to 5.6:
+    ``revoked.update`` with the sender's stamps where it sent them, else now.
+    """
+    if not ids:
+        return
+    if sends_ids_only(state):
+        state.merge_revoked(list(ids))
+        return
+    now = time.monotonic()
+    given = stamps or {}
+    state.revoked.update({task_id: given.get(task_id, now) for task_id in ids})
+
+
+def publish_hello(
+    mailbox: Any,
+    chan: Any,
+    arguments: Mapping[str, Any],
+    destination: Sequence[str] | None,
+    ticket: str,
+    timeout: float,
+    producer: Any,
+) -> None:
+    """kombu's private ``Mailbox._publish`` of ``hello``: what Celery's broadcast sends."""
+    mailbox._publish(
+        "hello",
+        dict(arguments),
+        destination=destination,
+        reply_ticket=ticket,
+        channel=chan,
+        timeout=timeout,
+        producer=producer,
+    )
+
+
+class _PublishCounter:
+    """Wraps a redis client: remembers how many subscribers each PUBLISH reached."""
+
+    def __init__(self, client: Any, counts: list[int]) -> None:
+        self._client = client
+        self._counts = counts
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        receivers = self._client.publish(*args, **kwargs)
+        self._counts.append(int(receivers))
+        return receivers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@contextmanager
+def count_fanout_receivers(connection: Any, chan: Any) -> Iterator[list[int]]:
+    """On Redis, count the subscribers a fanout publish reaches (else count nothing).
+
+    kombu publishes a fanout message with ``PUBLISH``, whose answer is the number
+    of subscribers that got it: the other workers' pidbox consumers. kombu drops
+    that number, so the channel's client is wrapped for this one publish (on this
+    channel instance only, through its ``conn_or_acquire``).
+    """
+    counts: list[int] = []
+    original = getattr(chan, "conn_or_acquire", None)
+    if connection.transport.driver_type != "redis" or original is None:
+        yield counts
+        return
+
+    @contextmanager
+    def counting(client: Any = None) -> Iterator[Any]:
+        with original(client) as real:
+            yield _PublishCounter(real, counts)
+
+    chan.conn_or_acquire = counting
+    try:
+        yield counts
+    finally:
+        del chan.conn_or_acquire
