@@ -26,6 +26,7 @@ CONFIG_PAGE = DOCS / "configuration.md"
 SHIPPED_PLUGINS = [
     ("mingle_filesystem", "celery-mingle-filesystem (`transports/filesystem`)"),
     ("mingle_pgmq", "celery-mingle-pgmq (`transports/pgmq`)"),
+    ("mingle_sqs", "celery-mingle-sqs (`transports/sqs`)"),
 ]
 
 BEGIN, END = "<!-- generated settings: begin -->", "<!-- generated settings: end -->"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
 
-from . import protocol
+from . import compat, protocol
 from .checks import InvalidReply, check_nodename, shown
 
 if TYPE_CHECKING:
@@ -60,6 +60,13 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
         reply = stock_hello(state, from_node, revoked=None, **kwargs)
         if reply is None or not isinstance(mingle, Mapping):
             return reply
-        return protocol.extend_reply(reply, mingle, state.hostname, step.settings.hmac_keys)
+        revoked_set = state.consumer.controller.state.revoked
+        return protocol.extend_reply(
+            reply,
+            mingle,
+            state.hostname,
+            step.settings.hmac_keys,
+            ages=lambda ids: compat.revoked_ages(revoked_set, ids),
+        )
 
     return hello

@@ -60,10 +60,25 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.replay_guard = ReplayGuard(self.settings.signature_max_age)
         self.driver_type = ""
         self.last_summary: MingleSummary | None = None
+        self._size_revoked_set(c)
         self.enabled = not without_mingle and self.compatible_transport(c.app)
         if without_mingle:
             debug("mingle: disabled by --without-mingle")
         super().__init__(c, without_mingle=without_mingle, **kwargs)
+
+    def _size_revoked_set(self, c: Any) -> None:
+        """``mingle_revokes_max`` / ``mingle_revoke_expires`` (else the environment, as stock)."""
+        s = self.settings
+        if s.revokes_max is None and s.revoke_expires is None:
+            return
+        revoked = c.controller.state.revoked
+        compat.size_revoked_set(revoked, s.revokes_max, s.revoke_expires)
+        info(
+            "mingle: the revoked set keeps %d ids for %gs (%d held)",
+            revoked.maxlen,
+            revoked.expires,
+            len(revoked),
+        )
 
     def include(self, parent: Any) -> bool:
         included: bool = super().include(parent)

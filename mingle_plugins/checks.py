@@ -195,7 +195,20 @@ def check_body(
         ids = tuple(stamps)
     else:
         raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
-    return Reply(name, clock, ids, stamps, source, extension, extra)
+    ages = _check_ages(extension.get("ages"), revoked if ids else [])
+    return Reply(name, clock, ids, stamps, ages, source, extension, extra)
+
+
+def _check_ages(ages: Any, revoked: Any) -> dict[str, float] | None:
+    """``{id: age}`` from the extension's ``ages`` (aligned with ``revoked``), or ``None``."""
+    if ages is None:
+        return None
+    if not isinstance(ages, list) or len(ages) != len(revoked):
+        raise InvalidReply("ages do not match the revoked ids one for one")
+    for age in ages:
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12:
+            raise InvalidReply(f"age {age!r:.60} is not a number of seconds >= 0")
+    return {task_id: float(age) for task_id, age in zip(revoked, ages, strict=True)}
 
 
 def check_reply(reply: Any, limits: ReplyLimits, original: Reply) -> Reply:
@@ -213,6 +226,8 @@ def check_reply(reply: Any, limits: ReplyLimits, original: Reply) -> Reply:
     if reply.stamps is not None:
         for task_id in reply.ids:
             _stamp(reply.stamps.get(task_id, 0.0))
+    if reply.ages is not None:
+        _check_ages([reply.ages.get(i, 0.0) for i in reply.ids], reply.ids)
     return reply
 
 

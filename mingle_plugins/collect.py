@@ -84,6 +84,7 @@ class HelloCollector:
         self._requests: dict[str, dict[str, Any]] = {}
         self._malformed = 0
         self._consumer: Any = None
+        self._published = False
         self._saved_interval: Any = None
 
     def __enter__(self) -> HelloCollector:
@@ -97,6 +98,10 @@ class HelloCollector:
         try:
             if self._consumer is not None:
                 self._consumer.cancel()
+            if self._published:
+                # The publish declared the reply queue (kombu's ``_publish`` does, on a reply
+                # ticket), also when no reply was awaited: delete it and its binding, or the
+                # binding stays in the broker (on Redis, a member of ``_kombu.binding.reply.*``).
                 self.chan.after_reply_message_received(self.reply_queue.name)
         finally:
             if self.options.polling_interval is not None and self._saved_interval is not None:
@@ -133,6 +138,7 @@ class HelloCollector:
             self._add_malformed(replies, Malformed(decode_error_reason(exc)))
 
     def _publish(self, arguments: dict[str, Any], destination: list[str] | None, ticket: str) -> None:
+        self._published = True
         if self.options.reply_queue is None:
             # The call Celery's broadcast makes, without its collector; our own producer
             # on ``chan``: the mailbox's pooled one would use another connection.
@@ -248,18 +254,20 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
     """
     app, connection = consumer.app, consumer.connection
     arguments: dict[str, Any] = {"from_node": consumer.hostname, "revoked": revoked}
-    ext: dict[str, Any] = {"v": protocol.VERSION}
+    # Neighbours running this package merge our ids with their ages and answer with theirs;
+    # stock neighbours ignore the extension (their ``hello`` takes ``**kwargs``).
+    ages = compat.revoked_ages(consumer.controller.state.revoked, protocol.reply_ids(revoked))
+    ext: dict[str, Any] = {"v": protocol.VERSION, "ages": ages}
     if options.nonce:
         ext["nonce"] = options.nonce
         if options.signing_key:
             ext["sent_at"] = sent_at = time.time()
             ext["request_signature"] = protocol.sign_request(
-                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at
+                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at, ages
             )
     if options.digest:
         ext["want"] = "digest"
-    if len(ext) > 1:
-        arguments["mingle"] = ext
+    arguments["mingle"] = ext
     with HelloCollector(app, connection, options) as collector:
         replies = collector.ask(arguments)
         if options.digest:
@@ -279,7 +287,8 @@ def _fetch_full_lists(
             groups.setdefault(str(theirs["digest"]), []).append(node)
     for digest, nodes in groups.items():
         for node in nodes:  # the first node of a digest that answers in full
-            ask = {"from_node": hostname, "revoked": None, "mingle": {**ext, "want": "full"}}
+            # No ids of ours this time (the broadcast carried them), but ask for their ages.
+            ask = {"from_node": hostname, "revoked": None, "mingle": {**ext, "ages": [], "want": "full"}}
             full = collector.ask(ask, destination=[node])
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]

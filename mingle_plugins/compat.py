@@ -18,11 +18,14 @@ from celery.worker import state as worker_state
 
 __all__ = [
     "count_fanout_receivers",
+    "merge_aged",
+    "revoked_ages",
     "merge_ids",
     "publish_hello",
     "revoked_for_hello",
     "revoked_stamps",
     "sends_ids_only",
+    "size_revoked_set",
 ]
 
 
@@ -34,6 +37,47 @@ def sends_ids_only(state: Any = worker_state) -> bool:
 def revoked_stamps(revoked_set: Any) -> dict[str, Any]:
     """A copy of a ``LimitedSet``'s ``{id: (stamp, id)}`` (its private ``_data``)."""
     return dict(revoked_set._data)
+
+
+def revoked_ages(revoked_set: Any, ids: Sequence[str]) -> list[float]:
+    """How long ago each of ``ids`` was revoked, in seconds (from the ``LimitedSet``'s
+    ``time.monotonic()`` stamps, which only mean something on this host)."""
+    now = time.monotonic()
+    data = revoked_set._data
+    return [round(max(0.0, now - data[i][0]), 3) if i in data else 0.0 for i in ids]
+
+
+def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) -> int:
+    """Merge ids with their ages: each is stamped when it was revoked, not now.
+
+    An id already held keeps the older of the two stamps (so a mingle never renews
+    a lease), and an id older than the set's ``expires`` is not added. Returns how
+    many ids were too old.
+    """
+    now = time.monotonic()
+    expires = revoked_set.expires
+    data = revoked_set._data
+    too_old = 0
+    for task_id in ids:
+        age = ages.get(task_id, 0.0)
+        if expires and age >= expires:
+            too_old += 1
+            continue
+        stamp = now - age
+        held = data.get(task_id)
+        if held is None or stamp < held[0]:
+            revoked_set.add(task_id, now=stamp)
+    return too_old
+
+
+def size_revoked_set(revoked_set: Any, maxlen: int | None, expires: float | None) -> None:
+    """Give the worker's revoked set (a ``LimitedSet``, made at import from the environment)
+    another size and expiry; the ids beyond go now, oldest first."""
+    if maxlen is not None:
+        revoked_set.maxlen = maxlen
+    if expires is not None:
+        revoked_set.expires = expires
+    revoked_set.purge()
 
 
 def revoked_for_hello(state: Any) -> Any:

@@ -109,6 +109,8 @@ class Reply:
             stamps, else ``None``. Stamps are the sender's ``time.monotonic()``
             and mean nothing on another host; the merge of a 5.3-5.6 worker
             keeps them, as stock does.
+        ages: ``{id: seconds since it was revoked}`` when the sender runs this
+            package (0.2+), else ``None`` (a stock sender: merged as stock merges).
         source: ``"reply"`` for an answer to this worker's hello, ``"request"``
             for the ids of a neighbour's hello request (the answering side).
         extension: the ``mingle`` block of a sender running this package
@@ -123,6 +125,7 @@ class Reply:
     clock: int | None = None
     ids: tuple[str, ...] = ()
     stamps: Mapping[str, float] | None = field(default=None, repr=False)
+    ages: Mapping[str, float] | None = field(default=None, repr=False)
     source: Literal["reply", "request"] = "reply"
     extension: Mapping[str, Any] = field(default_factory=dict, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)

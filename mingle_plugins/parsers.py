@@ -23,6 +23,7 @@ __all__ = [
     "fraction",
     "names",
     "optional_names",
+    "optional_positive_int",
     "optional_seconds",
     "parse_fields",
     "parse_seconds",
@@ -125,6 +126,8 @@ boolean = Parser(_bool, "True or False", "bool")
 positive_int = Parser(_positive_int, "an integer > 0", "int")
 #: A number in (0, 1].
 fraction = Parser(_fraction, "a number > 0 and <= 1", "fraction")
+#: An integer > 0, or ``None``.
+optional_positive_int = _optional(positive_int)
 #: A non-empty string.
 text = Parser(_text, "a non-empty string", "str")
 #: A list of names (or one comma-separated string).

@@ -17,6 +17,13 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   name, the clock, the digest of the ids carried and the advertised digest
   and count. The receiver checks it against each configured key.
 
+- ``"ages": [A, ...]``: the age of each id the request carries, in seconds
+  since it was revoked (the same on every host, unlike ``time.monotonic()``
+  stamps); a neighbour running this package merges the ids with those ages,
+  and answers with the ages of its own ids (``mingle.ages``, in the order of
+  its ``revoked``). So an id revoked at T expires at T + expiry everywhere,
+  whatever the number of mingles.
+
 A stock newcomer never sends ``mingle``, so it always gets a stock reply.
 """
 
@@ -26,12 +33,13 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "EMPTY_DIGEST",
     "VERSION",
+    "ages_digest",
     "digest",
     "extend_reply",
     "reply_ids",
@@ -41,8 +49,8 @@ __all__ = [
     "verify_request",
 ]
 
-#: The version of the extension this package speaks.
-VERSION = 1
+#: The version of the extension this package speaks (2: ages, signed send times).
+VERSION = 2
 
 
 def digest(ids: Iterable[str]) -> str:
@@ -64,8 +72,16 @@ def reply_ids(revoked: Any) -> list[str]:
     return [task_id for task_id in revoked if isinstance(task_id, str)]
 
 
+def ages_digest(ages: Any) -> str | None:
+    """SHA-256 of the ages a message carries (signed with the ids), ``None`` without ages."""
+    if ages is None:
+        return None
+    return hashlib.sha256(json.dumps(ages, separators=(",", ":")).encode()).hexdigest()
+
+
 def _message(nonce: str, node: str, clock: Any, carried: str, ext: Mapping[str, Any]) -> bytes:
     fields = [VERSION, nonce, node, clock, carried, ext.get("digest"), ext.get("count")]
+    fields.append(ages_digest(ext.get("ages")))
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
@@ -89,14 +105,17 @@ def verify(
     return "bad signature: no configured key matches (or the reply was altered or replayed)"
 
 
-def _request_message(nonce: str, node: str, revoked: Any, sent_at: float) -> bytes:
+def _request_message(nonce: str, node: str, revoked: Any, sent_at: float, ages: Any) -> bytes:
     fields = [VERSION, "request", nonce, node, digest(reply_ids(revoked)), repr(float(sent_at))]
+    fields.append(ages_digest(ages))
     return json.dumps(fields).encode()
 
 
-def sign_request(key: str, nonce: str, node: str, revoked: Any, sent_at: float) -> str:
-    """The signature of a hello request: its nonce, sender, the ids it carries and when it was sent."""
-    return hmac.new(key.encode(), _request_message(nonce, node, revoked, sent_at), "sha256").hexdigest()
+def sign_request(key: str, nonce: str, node: str, revoked: Any, sent_at: float, ages: Any = None) -> str:
+    """The signature of a hello request: its nonce, sender, the ids it carries (and their ages)
+    and when it was sent."""
+    message = _request_message(nonce, node, revoked, sent_at, ages)
+    return hmac.new(key.encode(), message, "sha256").hexdigest()
 
 
 def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> str | None:
@@ -114,17 +133,25 @@ def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> st
         return "request without a valid send time"
     sent_at = float(stamp)
     for key in keys:
-        if hmac.compare_digest(sign_request(key, nonce, node, revoked, sent_at), ext["request_signature"]):
+        expected = sign_request(key, nonce, node, revoked, sent_at, ext.get("ages"))
+        if hmac.compare_digest(expected, ext["request_signature"]):
             return None
     return "bad request signature"
 
 
 def extend_reply(
-    reply: Mapping[str, Any], request: Mapping[str, Any], node: str, keys: Sequence[str]
+    reply: Mapping[str, Any],
+    request: Mapping[str, Any],
+    node: str,
+    keys: Sequence[str],
+    ages: Callable[[list[str]], list[float]] | None = None,
 ) -> dict[str, Any]:
-    """Answer a newcomer's ``mingle`` request: a digest instead of the ids, and a signature."""
+    """Answer a newcomer's ``mingle`` request: a digest instead of the ids, the ids' ages
+    (``ages(ids)``, when the request carries ages: its sender keeps them), and a signature."""
     out = dict(reply)
     ext: dict[str, Any] = {"v": VERSION}
+    if ages is not None and "ages" in request and request.get("want") != "digest":
+        ext["ages"] = ages(reply_ids(reply.get("revoked")))
     if request.get("want") == "digest":
         ids = reply_ids(reply.get("revoked"))
         ext["digest"] = digest(ids)

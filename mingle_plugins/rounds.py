@@ -17,6 +17,7 @@ request. Every reply, and the ids of every hello request, take the same path:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,8 +59,8 @@ class MingleRound:
     guard: ReplayGuard | None = None
     #: The reply being synced (``sync_with_node``), for the stock-API methods.
     current: Reply | None = None
-    #: Kept ids waiting for the bulk merge, with the stamps their sender gave (5.3-5.6).
-    pending: dict[str, float | None] = field(default_factory=dict)
+    #: Kept ids waiting for the bulk merge: ``{id: (sender's stamp (5.3-5.6), age)}``.
+    pending: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     cpu: float = 0.0
 
@@ -202,9 +203,7 @@ class MingleRound:
         cpu = time.process_time()
         reply_ids = reply.ids if ids is None else ids
         if ids is not None and ids != reply.ids:
-            reply = Reply(
-                reply.nodename, reply.clock, ids, reply.stamps, reply.source, reply.extension, reply.extra
-            )
+            reply = dataclasses.replace(reply, ids=ids)
         outcome = self.summary.nodes.setdefault(reply.nodename, NodeOutcome())
         outcome.ids_received += len(reply_ids)
         revoked_set = self.revoked_set
@@ -223,10 +222,17 @@ class MingleRound:
         for plugin, count in dropped_by.items():
             outcome.dropped_by[plugin] = outcome.dropped_by.get(plugin, 0) + count
             logger.info("mingle: plugin %r dropped %d ids of %s", plugin, count, shown(reply.nodename))
-        stamps = reply.stamps or {}
+        stamps, ages = reply.stamps or {}, reply.ages
         if self.settings.merge == "bulk":
             for task_id in new:
-                self.pending[task_id] = stamps.get(task_id)
+                self.pending[task_id] = (
+                    stamps.get(task_id),
+                    None if ages is None else ages.get(task_id, 0.0),
+                )
+            if ages is not None:  # an id known already keeps the older revoke time of the two
+                compat.merge_aged(revoked_set, [i for i in kept if i in revoked_set], ages)
+        elif ages is not None:
+            compat.merge_aged(revoked_set, kept, ages)
         else:
             compat.merge_ids(self.consumer.controller.state, kept, reply.stamps)
         self.cpu += time.process_time() - cpu
@@ -286,11 +292,14 @@ class MingleRound:
         cpu = time.process_time()
         state = self.consumer.controller.state
         if self.pending:
-            ids = list(self.pending)
-            stamps = {i: s for i, s in self.pending.items() if s is not None} or None
-            logger.debug("mingle: bulk merge of %d new ids", len(ids))
-            compat.merge_ids(state, ids, stamps)
+            logger.debug("mingle: bulk merge of %d new ids", len(self.pending))
+            aged = {i: age for i, (_, age) in self.pending.items() if age is not None}
+            plain = [i for i, (_, age) in self.pending.items() if age is None]
+            stamps = {i: s for i, (s, _) in self.pending.items() if s is not None} or None
+            compat.merge_aged(state.revoked, list(aged), aged)
+            compat.merge_ids(state, plain, stamps)
             self.pending = {}
+        state.revoked.purge()  # ids whose revoke time is past the expiry go now
         summary = self.summary
         if summary.ids_over_share:
             over = {n: o.ids_over_share for n, o in summary.nodes.items() if o.ids_over_share}

@@ -27,6 +27,7 @@ from .parsers import (
     fraction,
     names,
     optional_names,
+    optional_positive_int,
     optional_seconds,
     parse_fields,
     parse_seconds,
@@ -150,6 +151,18 @@ class MingleSettings:
         "signed with one of them. Also from `CELERY_MINGLE_HMAC_KEYS`.",
         names,
         secret=True,
+    )
+    revokes_max: int | None = setting(
+        None,
+        "How many revoked ids the worker keeps (its `--statedb` ids included); the oldest go first. "
+        "`None`: the environment variable `CELERY_WORKER_REVOKES_MAX`, else 50,000.",
+        optional_positive_int,
+    )
+    revoke_expires: float | None = setting(
+        None,
+        "Seconds a revoked id lives, counted from when it was revoked (its age travels between "
+        "workers of this package). `None`: `CELERY_WORKER_REVOKE_EXPIRES`, else 10,800.",
+        optional_seconds,
     )
     signature_max_age: float = setting(
         60.0,

@@ -156,7 +156,7 @@ def test_hostile_replies_are_rejected_whole(make_cluster, broker: str, fakes, tm
         found = [m for m in lines if m.startswith(f"mingle: rejected the reply of {node}: ")]
         assert len(found) == 1 and re.search(reason, found[0]), (node, found)
     assert any(
-        re.match(r"mingle: rejected the reply of <malformed reply 1>: reply is a list", m) for m in lines
+        re.match(r"mingle: rejected the reply of <malformed reply 1>: body is a list", m) for m in lines
     )
     rejected = len(hostile) + 1
     assert re.search(

@@ -194,6 +194,7 @@ def _newcomer_mingles_both_ways(mixed: Mixed, kind: Kind, node: str, tmp_path: P
                 "neighbours": len(originals),
                 "merged": len(originals),
                 "ids": len(known_before - own),
+                "dropped": 0,
                 "rejected": 0,
             }
             if got != want:

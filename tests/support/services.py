@@ -7,6 +7,7 @@ which turns every such skip into a failure.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 
@@ -18,6 +19,12 @@ SERVICES: dict[str, tuple[str, int, str]] = {
     "redis": ("127.0.0.1", 6379, "redis://127.0.0.1:6379/0"),
     "rabbitmq": ("127.0.0.1", 5672, "amqp://guest:guest@127.0.0.1:5672//"),
     "postgres": ("127.0.0.1", 5432, "postgresql://postgres@127.0.0.1:5432/postgres"),
+}
+
+
+#: Services that are a Python package the tests start themselves: name -> (module, how to get it).
+PACKAGES: dict[str, tuple[str, str]] = {
+    "moto": ("moto.server", "pip install -e 'transports/sqs[test]' (moto[server], a local SQS + SNS)"),
 }
 
 
@@ -46,3 +53,15 @@ def require(service: str) -> str:
     if not reachable(host, port):
         missing(f"{service} is not available on {host}:{port}")
     return url
+
+
+def require_package(service: str) -> str:
+    """Return the module that runs the service, or skip/fail when it is not installed."""
+    module, install = PACKAGES[service]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package is missing
+        found = False
+    if not found:
+        missing(f"{service} is not installed: {install}")
+    return module

@@ -33,7 +33,7 @@ def test_digest_is_order_and_format_independent() -> None:
 def test_digest_reply_carries_no_ids() -> None:
     reply = extend_reply({"revoked": IDS, "clock": 5}, {"v": 1, "want": "digest"}, "n@x", ())
     assert reply["revoked"] == [] and reply["clock"] == 5
-    assert reply["mingle"] == {"v": 1, "digest": digest(IDS), "count": 3}
+    assert reply["mingle"] == {"v": 2, "digest": digest(IDS), "count": 3}
     stamped = extend_reply({"revoked": {"a": [1.0, "a"]}, "clock": 5}, {"want": "digest"}, "n@x", ())
     assert stamped["revoked"] == {}  # as a 5.3-5.6 node sends it
 

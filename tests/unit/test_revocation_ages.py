@@ -1,0 +1,99 @@
+"""Ages travel: an id revoked at T expires at T + expiry on every worker of this package."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from celery.worker.control import Panel
+
+from mingle_plugins import protocol
+from mingle_plugins.answer import make_hello
+from mingle_plugins.bootstep import Mingle
+
+
+def _step(consumer: Any, monkeypatch: pytest.MonkeyPatch, **conf: Any) -> Mingle:
+    monkeypatch.setenv("CELERY_MINGLE_PLUGINS", "")
+    consumer.app.conf.update(conf)
+    return Mingle(consumer)
+
+
+def _age(state: Any, task_id: str) -> float:
+    return time.monotonic() - state.revoked._data[task_id][0]
+
+
+@pytest.mark.parametrize("merge", ["stock", "bulk"])
+def test_ids_are_merged_with_their_age_and_never_renewed(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch, merge: str
+) -> None:
+    step = _step(consumer, monkeypatch, mingle_merge=merge)
+    monkeypatch.setattr(state.revoked, "expires", 1000)
+    state.revoked.add("held-young")  # revoked here just now
+    state.revoked.add("held-old", now=time.monotonic() - 500)
+    body = {
+        "revoked": ["new", "held-young", "held-old", "expired"],
+        "mingle": {"v": 2, "ages": [100, 300, 10, 2000]},
+    }
+    with step.mingle_round(consumer):
+        step.on_node_reply(consumer, "n@x", body)
+    assert _age(state, "new") == pytest.approx(100, abs=2)
+    assert _age(state, "held-young") == pytest.approx(300, abs=2)  # an older revoke time wins
+    assert _age(state, "held-old") == pytest.approx(500, abs=2)  # a younger one never renews it
+    assert "expired" not in state.revoked  # revoked longer ago than the expiry
+
+
+def test_a_stock_reply_is_merged_as_stock(consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = _step(consumer, monkeypatch)
+    state.revoked.add("held", now=time.monotonic() - 500)
+    step.on_node_reply(consumer, "stock@x", {"revoked": ["held", "new"]})
+    assert _age(state, "held") < 5 and _age(state, "new") < 5  # 5.7: merge_revoked stamps them now
+
+
+def test_ages_that_do_not_match_reject_the_reply(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = _step(consumer, monkeypatch)
+    with step.mingle_round(consumer) as rnd:
+        step.on_node_reply(consumer, "a@x", {"revoked": ["x", "y"], "mingle": {"ages": [1]}})
+        step.on_node_reply(consumer, "b@x", {"revoked": ["z"], "mingle": {"ages": [-5]}})
+    assert len(state.revoked) == 0
+    assert "one for one" in rnd.summary.rejected["a@x"] and "not a number" in rnd.summary.rejected["b@x"]
+
+
+def test_the_answering_side_takes_and_gives_ages(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = _step(consumer, monkeypatch)
+    state.revoked.add("mine", now=time.monotonic() - 42)
+    hello = make_hello(step, Panel.data["hello"])
+    pidbox = type("S", (), {"hostname": consumer.hostname, "consumer": consumer, "app": consumer.app})()
+    reply = hello(pidbox, "new@x", revoked=["theirs"], mingle={"v": 2, "ages": [7.5]})
+    assert _age(state, "theirs") == pytest.approx(7.5, abs=2)
+    ages = dict(zip(reply["revoked"], reply["mingle"]["ages"], strict=True))
+    assert ages["mine"] == pytest.approx(42, abs=2) and ages["theirs"] == pytest.approx(7.5, abs=2)
+    stock = hello(pidbox, "stock@x", revoked=None)  # a stock request gets the stock reply
+    assert "mingle" not in stock
+
+
+def test_ages_are_signed(consumer: Any) -> None:
+    reply = protocol.extend_reply(
+        {"revoked": ["a"], "clock": 1}, {"nonce": "n" * 16, "ages": []}, "n@x", ("k",), ages=lambda ids: [5.0]
+    )
+    ext = reply["mingle"]
+    assert protocol.verify(("k",), "n" * 16, "n@x", 1, ["a"], ext) is None
+    assert protocol.verify(("k",), "n" * 16, "n@x", 1, ["a"], {**ext, "ages": [0.0]}) is not None
+
+
+def test_settings_size_the_revoked_set(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    monkeypatch.setattr(state.revoked, "maxlen", state.revoked.maxlen)
+    monkeypatch.setattr(state.revoked, "expires", state.revoked.expires)
+    for i in range(30):
+        state.revoked.add(f"id-{i}", now=time.monotonic() - 100 + i)
+    with caplog.at_level("INFO"):
+        _step(consumer, monkeypatch, mingle_revokes_max=20, mingle_revoke_expires=95)
+    assert (state.revoked.maxlen, state.revoked.expires) == (20, 95)
+    assert set(state.revoked) == {f"id-{i}" for i in range(10, 30)}  # the oldest went first
+    assert "mingle: the revoked set keeps 20 ids for 95s (20 held)" in caplog.text
