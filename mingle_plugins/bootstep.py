@@ -18,6 +18,7 @@ from . import compat
 from .checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
 from .config import configure
 from .control import install_handlers
+from .diagnostics import decide_transport, load_transport
 from .model import HelloOptions, MingleSummary, Reply
 from .parsers import parse_seconds
 from .rounds import MingleRound
@@ -88,21 +89,22 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     # -- transport ---------------------------------------------------------
 
     def compatible_transport(self, app: Any) -> bool:
-        try:
-            with app.connection_for_read() as conn:
-                self.driver_type = conn.transport.driver_type
-        except Exception as exc:
-            error("mingle: cannot load the broker transport, mingle is off: %r", exc)
+        """Whether this worker mingles on the broker's transport (decided in :mod:`.diagnostics`)."""
+        transport = load_transport(app, fanout=False)
+        if transport.driver_type is None:
+            error("mingle: cannot load the broker transport, mingle is off: %s", transport.problem())
             return False
-        claimed = self.runner.first(
-            "mingle_transport_compatible", app=app, driver_type=self.driver_type, settings=self.settings
+        self.driver_type = transport.driver_type
+        decision = decide_transport(
+            app, self.runner, self.driver_type, settings=self.settings, stock=self.compatible_transports
         )
-        compatible = (self.driver_type in self.compatible_transports) if claimed is None else bool(claimed)
-        if claimed is False:
-            info("mingle: off: a plugin refused the %r transport", self.driver_type)
-        elif not compatible:
+        for failed in decision.failures:  # never stop the worker: the next plugin answers
+            error("mingle: plugin %r %s in hook mingle_transport_compatible", failed.plugin, failed.problem)
+        if decision.refused:
+            info("mingle: off: plugin %r refused the %r transport", decision.decided_by, self.driver_type)
+        elif not decision.compatible:
             info("mingle: off: no plugin claims the %r transport", self.driver_type)
-        return compatible
+        return decision.compatible
 
     # -- the mingle --------------------------------------------------------
 

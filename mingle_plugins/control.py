@@ -41,6 +41,7 @@ def status_reply(step: Mingle) -> dict[str, Any]:
                 "status": r.status,
                 "reason": r.reason,
                 "hooks": list(r.hooks),
+                "import_seconds": r.import_seconds,
             }
             for r in step.pm.records
         ],

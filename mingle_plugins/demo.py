@@ -57,18 +57,15 @@ _SUMMARY = re.compile(
 
 def _claiming_plugin(app: Any) -> tuple[str | None, str]:
     """The plugin that claims the ``filesystem`` transport, or ``None`` and why not."""
-    from .cli import _plugin_answer, _quiet_mingle_logs, resolve_settings
-    from .loader import get_plugin_manager
+    from .diagnostics import configure_app, decide_transport
 
-    with _quiet_mingle_logs():
-        settings, _ = resolve_settings(app.conf)
-        pm = get_plugin_manager(settings)
-    for impl in reversed(pm.hook.mingle_transport_compatible.get_hookimpls()):
-        answer, problem = _plugin_answer(pm, impl.plugin, app, "filesystem", settings.plugin_timeout)
-        if not problem and answer is not None:
-            if answer:
-                return impl.plugin_name, ""
-            return None, f"plugin {impl.plugin_name!r} refuses the filesystem transport"
+    config, _ = configure_app(app)
+    pm = config.pm
+    decision = decide_transport(app, config.runner, "filesystem", settings=config.settings, stock=())
+    if decision.compatible:
+        return decision.decided_by, ""
+    if decision.refused:
+        return None, f"plugin {decision.decided_by!r} refuses the filesystem transport"
     for rec in pm.records:
         if rec.name == "filesystem" or rec.distribution == "celery-mingle-filesystem":
             if rec.status != "loaded":
@@ -161,7 +158,7 @@ class Demo:
 
     def status(self, node: str) -> dict[str, Any]:
         """``celery mingle status`` of ``node``: a ``mingle_status`` broadcast, then a ``ping``."""
-        from .cli import query_status
+        from .status import query_status
 
         self.sent += [STATUS_COMMAND, "ping"]
         return query_status(self.app, timeout=1.0, destination=[node])
@@ -231,7 +228,7 @@ class Demo:
         took = float(match[5]) if match else float("nan")
         sent_before = len(self.sent)
 
-        from .cli import print_status
+        from .status import print_status
 
         self.say("celery mingle status:")
         result = self.status(newcomer)

@@ -10,6 +10,7 @@ In strict mode the first failure is raised as :class:`PluginLoadError`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -22,12 +23,22 @@ from .errors import PluginLoadError
 from .markers import ENTRY_POINT_GROUP, PROJECT_NAME
 from .settings import MingleSettings
 
-__all__ = ["BUILTIN_NAME", "MinglePluginManager", "PluginRecord", "get_plugin_manager"]
+__all__ = [
+    "BUILTIN_NAME",
+    "SLOW_IMPORT_SECONDS",
+    "MinglePluginManager",
+    "PluginRecord",
+    "get_plugin_manager",
+]
 
 logger = logging.getLogger("mingle_plugins")
 
 #: The name the built-in (stock behaviour) implementations are registered under.
 BUILTIN_NAME = "builtin"
+
+#: The default of ``mingle_slow_import``: a plugin whose import takes longer gets one
+#: WARNING line, as every worker start (and every ``celery mingle`` command) waits for it.
+SLOW_IMPORT_SECONDS = 1.0
 
 Status = Literal["builtin", "loaded", "blocked", "failed"]
 
@@ -43,6 +54,8 @@ class PluginRecord:
     status: Status
     reason: str = ""
     hooks: tuple[str, ...] = ()
+    #: Seconds its import (and registration) took; ``None`` when it was not imported.
+    import_seconds: float | None = None
 
     def describe(self) -> str:
         dist = f"{self.distribution} {self.version}" if self.distribution else "no distribution"
@@ -126,11 +139,18 @@ def load_plugins(
             pm.records.append(replace(base, reason=blocked))
             logger.debug("mingle: %s is blocked: %s", base.describe(), blocked)
             continue
+        started = time.perf_counter()
         try:
             hooks = _register(pm, ep)
         except Exception as exc:
-            rec = replace(base, status="failed", reason=f"{type(exc).__name__}: {exc}")
+            rec = replace(
+                base,
+                status="failed",
+                reason=f"{type(exc).__name__}: {exc}",
+                import_seconds=time.perf_counter() - started,
+            )
             pm.records.append(rec)
+            _warn_if_slow(rec, settings.slow_import)
             logger.debug("mingle: traceback of %s", rec.describe(), exc_info=True)
             if settings.strict:
                 logger.error(
@@ -141,9 +161,22 @@ def load_plugins(
                 raise PluginLoadError(f"{rec.describe()} failed to load: {rec.reason}") from exc
             logger.error("mingle: %s failed to load and is skipped: %s", rec.describe(), rec.reason)
             continue
-        rec = replace(base, status="loaded", hooks=hooks)
+        rec = replace(base, status="loaded", hooks=hooks, import_seconds=time.perf_counter() - started)
         pm.records.append(rec)
-        logger.debug("mingle: loaded %s, hooks: %s", rec.describe(), ", ".join(hooks))
+        _warn_if_slow(rec, settings.slow_import)
+        logger.debug(
+            "mingle: loaded %s in %.3fs, hooks: %s", rec.describe(), rec.import_seconds, ", ".join(hooks)
+        )
+
+
+def _warn_if_slow(rec: PluginRecord, threshold: float) -> None:
+    if rec.import_seconds is not None and rec.import_seconds > threshold:
+        logger.warning(
+            "mingle: %s took %.1fs to import (over %.1fs): every worker start waits for it",
+            rec.describe(),
+            rec.import_seconds,
+            threshold,
+        )
 
 
 def get_plugin_manager(

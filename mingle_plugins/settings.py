@@ -131,6 +131,12 @@ class MingleSettings:
         "A plugin hook that has not returned by then is abandoned, logged, and not called again.",
         seconds,
     )
+    slow_import: float = setting(
+        1.0,
+        "A plugin whose import takes longer than this many seconds gets one WARNING line naming it "
+        "and the time (`celery mingle plugins` shows every plugin's import time).",
+        seconds,
+    )
     max_clock: int = setting(
         2**53,
         "A reply with a larger `clock` is rejected whole; headers above it do not move the clock.",
@@ -284,7 +290,10 @@ class SettingsRegistry:
             value, found = parse_fields(cls, settings.plugin_settings.get(plugin, {}))
             report_problems(f"mingle_plugin_settings[{plugin!r}]", value, "", found)
             values[cls] = value
-            problems += found
+            problems += [  # named in full, as they are configured
+                SettingsError(f"mingle_plugin_settings[{plugin!r}][{p.setting!r}]", p.value, p.accepted)
+                for p in found
+            ]
         if problems and settings.strict:
             raise problems[0]
         return dataclasses.replace(settings, plugin_values=values), problems

@@ -11,8 +11,11 @@ newcomer itself.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shelve
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,6 +216,61 @@ def test_hung_hello_plugin_is_abandoned_after_the_plugin_timeout(hood: Neighbour
         assert mine | hood.theirs <= hood.cluster.revoked(worker.nodename)
     finally:
         worker.stop()
+
+
+#: The import time of the ``slow_import`` fixture plugin (over the loader's 1.0 s threshold).
+SLOW_IMPORT = 1.5
+SLOW_WARNING = re.compile(
+    r"^\[[^\]]+: WARNING/[\w-]+\] mingle: plugin 'slow_import' \(mingle_test_faults\.slow_import, "
+    r"from mingle-test-faults 0\.0\.1\) took (\d+\.\d)s to import \(over 1\.0s\): "
+    r"every worker start waits for it$",
+    re.M,
+)
+
+
+def test_slow_plugin_import_is_measured_and_named(
+    hood: Neighbourhood, faults_python: Path, tmp_path: Path
+) -> None:
+    """One WARNING line in the worker; the time in mingle_status and ``celery mingle plugins``."""
+    worker, mine = start_newcomer(hood, "slow_import", tmp_path)
+    try:
+        warnings = SLOW_WARNING.findall(worker.log())
+        assert len(warnings) == 1, worker.log()[-4000:]
+        assert float(warnings[0]) >= SLOW_IMPORT
+        assert mine | hood.theirs <= hood.cluster.revoked(worker.nodename)  # it mingled all the same
+        replies = hood.cluster.client.control.broadcast(
+            "mingle_status", reply=True, timeout=5, destination=[worker.nodename]
+        )
+        plugins = {p["name"]: p for p in replies[0][worker.nodename]["plugins"]}
+        assert plugins["slow_import"]["import_seconds"] >= SLOW_IMPORT
+        assert plugins["builtin"]["import_seconds"] is None
+    finally:
+        worker.stop()
+
+    env = {**os.environ, "CELERY_MINGLE_PLUGINS": "slow_import"}
+    listed = subprocess.run(
+        [str(faults_python), "-m", "celery", "mingle", "plugins", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    slow = next(p for p in data["plugins"] if p["name"] == "slow_import")
+    assert slow["status"] == "loaded" and slow["import_seconds"] >= SLOW_IMPORT
+    assert data["slow_import_seconds"] == 1.0
+    table = subprocess.run(
+        [str(faults_python), "-m", "celery", "mingle", "plugins"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert re.search(r"^slow_import +loaded +mingle-test-faults 0\.0\.1 +\d+\.\d{3}s ", table.stdout, re.M)
+    assert "plugin 'slow_import' took " in table.stdout and "to import (over 1.0s)" in table.stdout
 
 
 @dataclass

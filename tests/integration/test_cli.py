@@ -54,6 +54,26 @@ class Transport(memory.Transport):
 
 BROKEN = 'raise ImportError("this plugin is broken on purpose")\n'
 
+#: A ``sitecustomize`` that makes the modules named in ``MINGLE_TEST_BLOCK`` impossible to
+#: import, as if their distribution were not installed (the rest of the venv is untouched).
+BLOCK_IMPORTS = """\
+import os
+import sys
+from importlib.abc import MetaPathFinder
+
+BLOCKED = set(filter(None, os.environ.get("MINGLE_TEST_BLOCK", "").split(",")))
+
+
+class NotInstalled(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, NotInstalled())
+"""
+
 
 #: Only the fake plugins below, whatever else is installed (the env var wins over the app's lists).
 ONLY_FAKE = {"CELERY_MINGLE_PLUGINS": "claimer,broken"}
@@ -257,6 +277,38 @@ def test_check_refused_and_fanout_less_transports(tmp_path: Path) -> None:
         "the 'nofanout' transport has no fanout: no remote control, nobody answers a hello"
         in report["why_not"]
     )
+
+
+@pytest.mark.parametrize(
+    ("broker", "client", "fix"),
+    [
+        ("redis://127.0.0.1:6379/3", "redis", 'pip install "celery[redis]"'),
+        ("pgmq://postgres@127.0.0.1:5432/test", "pgmq", "pip install celery-mingle-pgmq"),
+    ],
+    ids=["redis", "pgmq"],
+)
+def test_check_names_a_missing_transport_client_and_its_fix(
+    tmp_path: Path, broker: str, client: str, fix: str
+) -> None:
+    """Without the client library, the real import error and the install line, not "no transport"."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_IMPORTS)  # the app's folder is first on PYTHONPATH
+    write_app(tmp_path, broker)
+    env = {**NO_PLUGINS, "MINGLE_TEST_BLOCK": client}
+    code, report = cli_json(tmp_path, "-A", "proj", "mingle", "check", env=env)
+    assert code == 1
+    scheme = broker.split(":")[0]
+    assert (report["scheme"], report["transport"], report["transport_fix"]) == (scheme, None, fix)
+    assert report["transport_error"].startswith(f"ModuleNotFoundError: No module named '{client}'")
+    assert report["transport_compatible"] is False
+    assert report["broken"] == [f"the broker transport cannot be loaded: {report['transport_error']}; {fix}"]
+
+    text = cli(tmp_path, "-A", "proj", "mingle", "check", env=env)
+    assert text.returncode == 1
+    assert f"transport:       {scheme}: CANNOT LOAD: ModuleNotFoundError: No module named '{client}'" in (
+        text.stdout
+    )
+    assert f"                 fix: {fix}\n" in text.stdout
+    assert "compatible:      no: the transport cannot be loaded" in text.stdout
 
 
 # -- status (real workers on Redis) -----------------------------------------------

@@ -26,7 +26,7 @@ def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), l
     for path in editable:
         # The core's key is its package and pyproject only: edits to tests must not rebuild venvs.
         sources = (
-            [*path.glob("mingle_plugins/*.py"), path / "pyproject.toml"]
+            [*path.glob("mingle_plugins/**/*.py"), path / "pyproject.toml"]
             if path == ROOT
             else [f for f in path.rglob("*") if f.suffix in (".py", ".toml") and "build" not in f.parts]
         )

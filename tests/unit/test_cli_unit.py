@@ -1,36 +1,59 @@
-"""Unit tests of the ``celery mingle`` helpers (no broker, no worker)."""
+"""Unit tests of the ``celery mingle`` helpers and of :mod:`mingle_plugins.diagnostics`.
+
+No broker, no worker.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
-import time
 from typing import Any
 
 import pytest
 from celery import Celery
+from kombu.transport.memory import Transport as MemoryTransport
 
-from mingle_plugins import cli, get_plugin_manager, hookimpl
+from mingle_plugins import cli, diagnostics, get_plugin_manager, hookimpl
+from mingle_plugins import status as live_status
 from mingle_plugins.bootstep import Mingle
+from mingle_plugins.cli import _output
+from mingle_plugins.cli import check as check_cmd
 from mingle_plugins.consumer import Blueprint, Consumer
+from mingle_plugins.runner import HookRunner
+from mingle_plugins.settings import MingleSettings
+
+SETTINGS = MingleSettings()
 
 
 def test_table_aligns_columns() -> None:
-    out = cli._table(("A", "LONGER"), [("xxxx", "y"), ("z", "")])
+    out = _output.table(("A", "LONGER"), [("xxxx", "y"), ("z", "")])
     assert out.splitlines() == ["A     LONGER", "xxxx  y", "z"]
 
 
-def test_resolve_settings_lists_every_problem_even_in_strict_mode() -> None:
-    conf = {"mingle_strict": True, "mingle_hello_timeout": 0, "mingle_max_clock": "big"}
-    settings, problems = cli.resolve_settings(conf)
-    assert settings.strict is True
-    assert settings.hello_timeout == 1.0  # the default, as the worker would use it
+def test_configure_app_lists_every_problem_even_in_strict_mode() -> None:
+    app = Celery("unit", broker="memory://", set_as_current=False)
+    app.conf.update(mingle_strict=True, mingle_hello_timeout=0, mingle_max_clock="big")
+    config, problems = diagnostics.configure_app(app)  # strict: the worker would stop; this lists them
+    assert config.settings.strict is True
+    assert config.settings.hello_timeout == 1.0  # the default, as the worker would use it
     assert sorted(p.setting for p in problems) == ["mingle_hello_timeout", "mingle_max_clock"]
 
 
-def test_resolve_settings_reports_a_bad_strict_value() -> None:
-    settings, problems = cli.resolve_settings({"mingle_strict": "maybe"})
-    assert settings.strict is False
+def test_configure_app_reports_a_bad_strict_value() -> None:
+    app = Celery("unit", broker="memory://", set_as_current=False)
+    app.conf.mingle_strict = "maybe"
+    config, problems = diagnostics.configure_app(app)
+    assert config.settings.strict is False
     assert [p.setting for p in problems] == ["mingle_strict"]
+
+
+def runner_with(*plugins: tuple[str, object], timeout: float = 2.0) -> HookRunner:
+    """A hook runner over the built-in implementations and ``plugins`` (registered in order)."""
+    pm = get_plugin_manager(load_entrypoints=False)
+    for name, plugin in plugins:
+        pm.register(plugin, name=name)
+    return HookRunner(pm, timeout)
 
 
 class MyMingle(Mingle):
@@ -55,7 +78,7 @@ class MyConsumer(Consumer):
     ],
 )
 def test_consumer_ok(value: Any, ok: bool, says: str) -> None:
-    got, message = cli._consumer_ok(value)
+    got, message = check_cmd.consumer_ok(value)
     assert got is ok
     assert says in message
 
@@ -87,7 +110,7 @@ def test_query_status_sorts_workers_into_ours_and_stock() -> None:
         status=[{"a@x": ours}, {"b@x": {"error": "KeyError('mingle_status')"}}],
         ping=[{"a@x": {"ok": "pong"}}, {"b@x": {"ok": "pong"}}, {"c@x": {"ok": "pong"}}],
     )
-    result = cli.query_status(FakeApp(control), timeout=0.3, destination=["a@x", "b@x", "c@x"])
+    result = live_status.query_status(FakeApp(control), timeout=0.3, destination=["a@x", "b@x", "c@x"])
     assert result["workers"] == {"a@x": ours}
     assert result["stock"] == {
         "b@x": "no mingle_status (KeyError('mingle_status'))",
@@ -110,7 +133,7 @@ def test_status_rows_describe_each_state() -> None:
         "clock_after": 9,
         "skipped": None,
     }
-    rows = cli._status_rows(
+    rows = live_status.status_rows(
         {
             "on@x": {
                 "enabled": True,
@@ -164,26 +187,123 @@ class Hangs:
 
 
 def test_claims_reports_a_raising_plugin_per_transport() -> None:
-    pm = get_plugin_manager(load_entrypoints=False)
     plugin = Raises()
-    pm.register(plugin, name="raises")
-    claimed, refused, errors = cli._claims(pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=2.0)
+    runner = runner_with(("raises", plugin))
+    drivers = ["redis", "amqp", "sqs"]
+    claimed, refused, errors = diagnostics.plugin_claims(runner, plugin, Celery("unit"), drivers, SETTINGS)
     assert (claimed, refused) == (["redis"], [])
     assert errors == ["amqp: RuntimeError: boom"]
 
 
 def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
-    pm = get_plugin_manager(load_entrypoints=False)
     plugin = Hangs()
-    pm.register(plugin, name="hangs")
-    started = time.monotonic()
+    runner = runner_with(("hangs", plugin), timeout=0.2)
     try:
-        claimed, refused, errors = cli._claims(
-            pm, plugin, Celery("unit"), ["redis", "amqp", "sqs"], timeout=0.2
+        claimed, refused, errors = diagnostics.plugin_claims(
+            runner, plugin, Celery("unit"), ["redis", "amqp", "sqs"], SETTINGS
         )
     finally:
         plugin.release.set()
-    assert time.monotonic() - started < 2.0
     assert (claimed, refused) == ([], [])
     assert errors == ["redis: TimeoutError: did not return within 0.2s"]
     assert plugin.calls == 1
+    assert plugin in runner.hung  # as in the worker: never called again
+
+
+# -- the one decision: the step and the CLI ask mingle_plugins.diagnostics --------
+
+
+class Refuses:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        return False if driver_type == "memory" else None
+
+
+class Boom:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        raise RuntimeError("boom")
+
+
+class Claims:
+    @hookimpl
+    def mingle_transport_compatible(self, driver_type: str) -> bool | None:
+        return True
+
+
+def test_decision_passes_over_a_raising_plugin_and_names_the_one_that_decides() -> None:
+    runner = runner_with(("claims", Claims()), ("raises", Raises()))  # registered last: asked first
+    app = Celery("unit")
+    decision = diagnostics.decide_transport(app, runner, "amqp", settings=SETTINGS, stock={"amqp"})
+    assert (decision.compatible, decision.decided_by) == (True, "claims")
+    assert decision.reason() == "plugin 'claims' claims it"
+    assert [(a.plugin, a.error) for a in decision.failures] == [("raises", "RuntimeError: boom")]
+    nobody = diagnostics.decide_transport(app, runner_with(), "sqs", settings=SETTINGS, stock={"amqp"})
+    assert (nobody.compatible, nobody.decided_by, nobody.refused) == (False, None, False)
+    assert nobody.reason() == "no plugin answers; the stock set (amqp)"
+
+
+def test_the_step_uses_the_same_decision_and_logs_it(step: Mingle, consumer: Any, caplog) -> None:
+    step.pm.register(Refuses(), name="refuses")
+    step.pm.register(Boom(), name="raises")
+    with caplog.at_level(logging.INFO, logger="mingle_plugins.bootstep"):
+        assert step.compatible_transport(consumer.app) is False
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        "mingle: plugin 'raises' raised RuntimeError('boom') in hook mingle_transport_compatible" in messages
+    )
+    assert "mingle: off: plugin 'refuses' refused the 'memory' transport" in messages
+    check = diagnostics.decide_transport(
+        consumer.app, step.runner, "memory", settings=step.settings, stock=set()
+    )
+    assert (check.compatible, check.decided_by) == (False, "refuses")
+
+
+def test_the_step_never_asks_a_hung_plugin_again(step: Mingle, consumer: Any, caplog) -> None:
+    plugin = Hangs()
+    step.pm.register(plugin, name="hangs")
+    step.runner.timeout = 0.2
+    try:
+        with caplog.at_level(logging.ERROR, logger="mingle_plugins"):
+            assert step.compatible_transport(consumer.app) is False  # memory: not in the stock set
+            assert step.compatible_transport(consumer.app) is False
+    finally:
+        plugin.release.set()
+    assert plugin in step.runner.hung and plugin.calls == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "mingle: plugin 'hangs' did not return within 0.2s and is no longer called "
+        "in hook mingle_transport_compatible"
+    ]
+
+
+def test_a_transport_without_its_client_names_the_real_error_and_the_fix(
+    step: Mingle, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    pgmq_transport = pytest.importorskip("kombu.transport.pgmq")
+    monkeypatch.setattr(pgmq_transport, "PGMQueue", None)  # as kombu sets it without the client
+    monkeypatch.setitem(sys.modules, "pgmq", None)  # and the client cannot be imported
+    app = Celery("unit", broker="pgmq://nobody@127.0.0.1:1/none", set_as_current=False)
+    info = diagnostics.load_transport(app)
+    assert (info.scheme, info.driver_type) == ("pgmq", None)
+    assert info.error.startswith("ModuleNotFoundError: import of pgmq halted")
+    assert "(kombu: ImportError: PGMQ transport requires the pgmq library" in info.error
+    assert info.fix == "pip install celery-mingle-pgmq"
+    with caplog.at_level(logging.ERROR, logger="mingle_plugins"):
+        assert step.compatible_transport(app) is False
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == f"mingle: cannot load the broker transport, mingle is off: {info.error}; {info.fix}"
+
+
+class BadTransport(MemoryTransport):
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        raise ValueError("bad broker option")
+
+
+def test_a_transport_that_fails_otherwise_gets_no_install_line() -> None:
+    pytest.importorskip("redis")  # the client is there: installing it again fixes nothing
+    app = Celery("unit", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.broker_transport = BadTransport
+    info = diagnostics.load_transport(app)
+    assert (info.scheme, info.driver_type) == ("redis", None)
+    assert (info.error, info.fix) == ("ValueError: bad broker option", "")
+    assert info.problem() == "ValueError: bad broker option"

@@ -93,7 +93,10 @@ def test_a_plugin_declares_its_settings_and_gets_them_parsed_once(fake_dist, cap
 
     own = config.settings.plugin(audit_x.AuditSettings)
     assert (own.path, own.every, own.loud) == ("/tmp/audit", 5.0, False)
-    assert [p.setting for p in config.problems] == ["loud", "colour"]
+    assert [p.setting for p in config.problems] == [
+        "mingle_plugin_settings['audit']['loud']",
+        "mingle_plugin_settings['audit']['colour']",
+    ]
     lines = [r.getMessage() for r in caplog.records]
     assert any(
         "mingle_plugin_settings['audit']: loud='perhaps' is not accepted" in x and "False" in x for x in lines
@@ -107,7 +110,9 @@ def test_strict_mode_stops_on_a_bad_plugin_setting(fake_dist) -> None:
 
     fake_dist("mingle-audit-y", "1.0", {"audit": "audit_y"}, {"audit_y": PLUGIN_WITH_SETTINGS})
     conf = {"mingle_strict": True, "mingle_plugin_settings": {"audit": {"every": -1}}}
-    with pytest.raises(SettingsError, match="every=-1 is not accepted"):
+    with pytest.raises(
+        SettingsError, match=r"mingle_plugin_settings\['audit'\]\['every'\]=-1 is not accepted"
+    ):
         configure(conf, environ={})
 
 
