@@ -25,6 +25,7 @@ from .parsers import (
     text,
     transport_option_seconds,
 )
+from .revoking import RevokeOutcome, revoke
 from .settings import MingleSettings, SettingsRegistry, load_settings
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "PluginRecord",
     "RejectReply",
     "Reply",
+    "RevokeOutcome",
     "SettingsError",
     "SettingsRegistry",
     "WorkerConsumer",
@@ -52,6 +54,7 @@ __all__ = [
     "names",
     "optional_seconds",
     "positive_int",
+    "revoke",
     "seconds",
     "setting",
     "text",

@@ -34,6 +34,7 @@ __all__ = [  # in the order a worker calls them
     "mingle_merge_revoked",
     "mingle_sync_complete",
     "mingle_on_revoke",
+    "mingle_record_revoke",
 ]
 
 
@@ -328,6 +329,32 @@ def mingle_on_revoke(
     - `settings`: the resolved `MingleSettings`.
 
     Returns: ignored. Not `firstresult`: every implementation is called, once.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def mingle_record_revoke(
+    app: Celery, ids: tuple[str, ...], terminate: bool, settings: MingleSettings
+) -> str | None:
+    """Record revokes sent from a client, before they are broadcast.
+
+    Called by `celery mingle revoke ID...` and `mingle_plugins.revoke(app, ids)`, in the
+    sending process (no worker), once per call, before `app.control.revoke` broadcasts the
+    ids. For plugins that keep revokes beyond the workers' memory (a revocation store), so
+    that a revoke sent while no worker is up reaches the first worker that starts.
+
+    Arguments:
+
+    - `app`: the Celery application of the sender.
+    - `ids`: the task ids, without duplicates.
+    - `terminate`: whether the sender asked to terminate running tasks too.
+    - `settings`: the resolved `MingleSettings` of the sender's configuration.
+
+    Returns: where the ids were recorded (e.g. `"store@redis-host"`), or `None` when this
+    plugin recorded nothing. Not `firstresult`: every implementation is called, once; one that
+    raises or hangs is skipped and logged, and the broadcast is sent anyway.
 
     .. versionadded:: 0.2
     """

@@ -11,6 +11,8 @@ so that it appears in ``celery --help``; one module per command:
 - ``celery -A proj mingle status`` (:mod:`.status`): what the live workers'
   last mingle did, through the ``mingle_status`` remote-control command;
   exits 69 when no worker answers it;
+- ``celery -A proj mingle revoke ID...`` (:mod:`.revoke`): record the ids where
+  ``mingle_record_revoke`` plugins keep revokes, then broadcast the revoke;
 - ``celery mingle demo`` (:mod:`.demo`): a small cluster on the
   ``filesystem://`` transport.
 
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 import click
 
 from ..status import print_status, query_status
-from . import check, demo, plugins, status
+from . import check, demo, plugins, revoke, status
 from .check import EX_BROKEN, check_app
 from .plugins import describe_plugins
 from .status import EX_UNAVAILABLE
@@ -45,11 +47,11 @@ __all__ = [
 
 @click.group(name="mingle")
 def mingle() -> None:
-    """celery-mingle-plugins: the pluggable Mingle step (plugins, check, status, demo)."""
+    """celery-mingle-plugins: the pluggable Mingle step (plugins, check, status, revoke, demo)."""
 
 
 # The modules keep their names (``cli.check`` is the module, not the command).
-for _command in (plugins.plugins, check.check, status.status, demo.demo):
+for _command in (plugins.plugins, check.check, status.status, revoke.revoke, demo.demo):
     mingle.add_command(_command)
 
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from celery.worker.control import Panel
 
+import mingle_plugins
 from mingle_plugins import MingleSettings, MingleSummary, Reply, SettingsRegistry, hookimpl, hookspecs
 from mingle_plugins.answer import make_hello
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.config import declare_settings
+from mingle_plugins.config import MingleConfig, declare_settings
 from mingle_plugins.control import make_revoke
 
 PROD = [f"prod-id-{i}" for i in range(3)]
@@ -117,7 +118,7 @@ def test_policies_combine_and_cannot_remove_known_ids(
 
 # -- one call per implementation, for every hook ---------------------------------------
 
-EXPECTED_CALLS = {  # per scenario below: one sync with two good replies, then one revoke command
+EXPECTED_CALLS = {  # the scenario below: one sync with two good replies, a revoke received, one sent
     "mingle_add_settings": 1,
     "mingle_transport_compatible": 1,
     "mingle_tune_hello": 1,
@@ -129,6 +130,7 @@ EXPECTED_CALLS = {  # per scenario below: one sync with two good replies, then o
     "mingle_merge_revoked": 2,
     "mingle_sync_complete": 1,
     "mingle_on_revoke": 1,
+    "mingle_record_revoke": 1,
 }
 
 
@@ -182,6 +184,9 @@ def test_a_raising_implementation_is_skipped_alone(
         step.sync(consumer)
         revoke = make_revoke(step, Panel.data["revoke"])
         revoke(SimpleNamespace(consumer=consumer, app=consumer.app, hostname=consumer.hostname), "3")
+        config = MingleConfig(step.settings, step.pm, step.runner, SettingsRegistry(), ())
+        outcome = mingle_plugins.revoke(consumer.app, ["4", "4", "5"], config=config)  # from a client
+    assert outcome.ids == ("4", "5")
 
     expected = dict(EXPECTED_CALLS)
     if hook == "mingle_on_reply":  # a broken check fails closed: the rejected replies go no further

@@ -14,8 +14,9 @@ Through the mingle hooks only:
   ids stamped with their revoke time and they expire on time.
 
 Configure with ``mingle_plugin_settings = {"store": {"url": "redis://..."}}``.
-:func:`mingle_store.api.revoke` (``celery -A proj mingle-store revoke ID...``)
-records in the store and broadcasts the revoke.
+``mingle_record_revoke``: ``celery -A proj mingle revoke ID...`` (and
+``mingle_plugins.revoke(app, ids)``) record the ids in the store before they are
+broadcast, so that a revoke sent while no worker is up reaches the first one that starts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from celery.worker import state as worker_state
 
 from mingle_plugins import (
     MingleSettings,
@@ -222,6 +225,27 @@ def mingle_on_revoke(consumer: WorkerConsumer, ids: tuple[str, ...], settings: M
     now = time.time()
     maxlen, expires = _bounds(consumer)
     recorder_for(store, s.timeout).submit(dict.fromkeys(ids, now), maxlen, expires)
+
+
+@hookimpl
+def mingle_record_revoke(ids: tuple[str, ...], settings: MingleSettings) -> str | None:
+    """Record revokes sent by ``celery mingle revoke`` / ``mingle_plugins.revoke`` (no worker)."""
+    s = settings.plugin(StoreSettings)
+    store = store_for(s)
+    if store is None or not ids:
+        return None
+    maxlen = settings.revokes_max or worker_state.revoked.maxlen or None
+    expires = settings.revoke_expires or worker_state.revoked.expires or None
+    try:
+        call_with_deadline(
+            store.record, s.timeout, ids=dict.fromkeys(ids, time.time()), maxlen=maxlen, expires=expires
+        )
+    except Exception as exc:  # the broadcast still goes; the sender is told
+        logger.warning(
+            "mingle: revocation store %s not reached; %d ids not recorded: %r", store.url, len(ids), exc
+        )
+        return None
+    return source_name(s)
 
 
 @hookimpl

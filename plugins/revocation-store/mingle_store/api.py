@@ -1,24 +1,25 @@
 """Revoking through the store: beside ``app.control.revoke``, for revokes that must outlive the workers.
 
 :func:`revoke` records the ids in the app's store (``mingle_plugin_settings["store"]``), then
-broadcasts the revoke as ``app.control.revoke`` does. Workers up now get the broadcast; workers
+broadcasts the revoke as ``app.control.revoke`` does: it is ``mingle_plugins.revoke`` (what
+``celery mingle revoke`` runs), telling what the store did. Workers up now get the broadcast; workers
 started later (even after every worker stopped) get the ids from the store at their mingle.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from celery.worker import state as worker_state
 
+from mingle_plugins import revoke as mingle_revoke
 from mingle_plugins.parsers import parse_fields, report_problems
 from mingle_plugins.settings import load_settings
 
-from . import PLUGIN_NAME, StoreSettings, store_for
+from . import PLUGIN_NAME, StoreSettings, source_name, store_for
 from .backends import RevocationStore
 
 __all__ = ["RevokeResult", "bounds", "revoke", "settings_of", "stored"]
@@ -66,33 +67,23 @@ def revoke(
     *,
     terminate: bool = False,
     signal: str | None = None,
-    broadcast: bool = True,
     **kwargs: Any,
 ) -> RevokeResult:
-    """Record ``task_ids`` in the app's store, then ``app.control.revoke`` them.
+    """``mingle_plugins.revoke``: record ``task_ids`` (in the store, through this plugin's
+    ``mingle_record_revoke``), then ``app.control.revoke`` them; with what the store did.
 
-    The broadcast is sent also when the store is not reached (the result says so). Extra
-    keyword arguments go to ``app.control.revoke``.
+    The broadcast is sent also when the store is not reached (the result says so).
     """
-    ids = tuple(dict.fromkeys([task_ids] if isinstance(task_ids, str) else task_ids))
     s = settings_of(app.conf)
     store = store_for(s)
-    recorded, problem = False, ""
+    outcome = mingle_revoke(app, task_ids, terminate=terminate, signal=signal, **kwargs)
+    recorded = source_name(s) in outcome.recorded_in
+    problem = ""
     if store is None:
         problem = "no store configured (mingle_plugin_settings['store']['url'])" if not s.url else "unusable"
-    else:
-        maxlen, expires = bounds(app.conf)
-        try:
-            store.record(dict.fromkeys(ids, time.time()), maxlen, expires)
-            recorded = True
-        except Exception as exc:
-            problem = repr(exc)
-            logger.warning(
-                "mingle: revocation store %s not reached; revoke not recorded: %s", store.url, problem
-            )
-    if broadcast and ids:
-        app.control.revoke(list(ids), terminate=terminate, signal=signal, **kwargs)
-    return RevokeResult(ids, store.url if store is not None else None, recorded, problem)
+    elif not recorded:
+        problem = "the store was not reached (see the log)"
+    return RevokeResult(outcome.ids, store.url if store is not None else None, recorded, problem)
 
 
 def stored(app: Any) -> tuple[RevocationStore, list[tuple[str, float]]]:

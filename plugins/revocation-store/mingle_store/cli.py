@@ -1,7 +1,8 @@
-"""``celery mingle-store``: revoke through the store, list what it holds, run the demo.
+"""``celery mingle-store``: list what the store holds, run the demo.
 
-- ``celery -A proj mingle-store revoke ID...``: record in the store, then broadcast the revoke;
-  exits 1 when the store was not reached (the broadcast is sent anyway);
+Revoking through the store is ``celery -A proj mingle revoke ID...`` (the core's command,
+which this plugin's ``mingle_record_revoke`` answers).
+
 - ``celery -A proj mingle-store list``: the ids in force in the store, with their age;
 - ``celery mingle-store demo``: a full restart on ``filesystem://``, with and without the store.
 """
@@ -28,36 +29,6 @@ def _app(ctx: click.Context) -> Any:
 @click.group(name="mingle-store")
 def mingle_store() -> None:
     """The shared revocation store of celery-mingle-store."""
-
-
-@mingle_store.command(cls=CeleryCommand)
-@click.argument("task_ids", nargs=-1, required=True)
-@click.option("--terminate", is_flag=True, cls=CeleryOption, help="Also terminate the running tasks.")
-@click.option("--signal", default=None, cls=CeleryOption, help="Signal for --terminate (e.g. KILL).")
-@click.option("--json", "as_json", is_flag=True, cls=CeleryOption, help="Print JSON for scripts.")
-@click.pass_context
-def revoke(
-    ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, signal: str | None, as_json: bool
-) -> None:
-    """Record TASK_IDS in the store, then revoke them on the workers up now."""
-    result = api.revoke(_app(ctx), task_ids, terminate=terminate, signal=signal)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "ids": list(result.ids),
-                    "store": result.store,
-                    "recorded": result.recorded,
-                    "problem": result.problem,
-                }
-            )
-        )
-    elif result.recorded:
-        click.echo(f"recorded {len(result.ids)} ids in {result.store}; revoke broadcast")
-    else:
-        click.echo(f"NOT recorded in the store ({result.problem}); revoke broadcast", err=True)
-    if not result.recorded:
-        sys.exit(1)
 
 
 @mingle_store.command(name="list", cls=CeleryCommand)

@@ -9,7 +9,8 @@ Twice, once with the store plugin disabled (stock behaviour), once with it:
 
 1. start two workers, revoke some ids with ``app.control.revoke``;
 2. stop every worker (a full restart);
-3. with the store only: revoke more ids while no worker is up (``mingle_store.api.revoke``);
+3. with the store only: revoke more ids while no worker is up (``mingle_store.api.revoke``, i.e.
+   ``mingle_plugins.revoke``, what ``celery mingle revoke`` runs);
 4. start a new worker and ask it (``inspect revoked``) which ids it has.
 """
 

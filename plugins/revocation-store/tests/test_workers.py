@@ -74,7 +74,7 @@ def test_full_restart_keeps_the_ids_and_an_offline_revoke_reaches_the_next_worke
     if backend == "postgres":  # the command, through celery's own CLI
         env = dict(os.environ, PYTHONPATH=str(cluster.directory))
         done = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "proj", "mingle-store", "revoke", *offline],
+            [sys.executable, "-m", "celery", "-A", "proj", "mingle", "revoke", *offline],
             cwd=cluster.directory,
             env=env,
             capture_output=True,
@@ -82,7 +82,7 @@ def test_full_restart_keeps_the_ids_and_an_offline_revoke_reaches_the_next_worke
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
-        assert "recorded 3 ids" in done.stdout
+        assert "revoked 3 task(s); recorded in: store@127.0.0.1" in done.stdout
         listed = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "proj", "mingle-store", "list", "--json"],
             cwd=cluster.directory,

@@ -1,0 +1,36 @@
+"""``celery -A proj mingle revoke ID...``: record where plugins keep revokes, then broadcast."""
+
+from __future__ import annotations
+
+import click
+from celery.bin.base import CeleryCommand, CeleryOption
+
+from ..diagnostics import quiet_logs
+from ..revoking import revoke as revoke_ids
+from ._output import echo_json, obj_app
+
+__all__ = ["revoke"]
+
+
+@click.command(cls=CeleryCommand)
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, cls=CeleryOption, help="Also terminate the running tasks.")
+@click.option("--signal", default=None, cls=CeleryOption, help="Signal for --terminate (e.g. KILL).")
+@click.option("--json", "as_json", is_flag=True, cls=CeleryOption, help="Print JSON for scripts.")
+@click.pass_context
+def revoke(
+    ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, signal: str | None, as_json: bool
+) -> None:
+    """Revoke tasks: record them where plugins keep revokes (mingle_record_revoke, e.g. the
+    revocation store), then broadcast the revoke as `celery control revoke` does.
+
+    A revoke recorded this way reaches workers started later, even when no worker is up now.
+    """
+    app = obj_app(ctx)
+    with quiet_logs():
+        outcome = revoke_ids(app, task_ids, terminate=terminate, signal=signal)
+    if as_json:
+        echo_json({"ids": list(outcome.ids), "recorded_in": list(outcome.recorded_in)})
+        return
+    where = ", ".join(outcome.recorded_in) or "nowhere (no plugin keeps revokes: workers up now only)"
+    click.echo(f"revoked {len(outcome.ids)} task(s); recorded in: {where}")

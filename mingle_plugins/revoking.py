@@ -1,0 +1,57 @@
+"""Revoking from a client: record the ids where plugins keep them, then broadcast the revoke.
+
+``app.control.revoke`` reaches only the workers up now. :func:`revoke` first lets every
+``mingle_record_revoke`` plugin record the ids (a revocation store, say), so that a worker
+started later, even after every worker stopped, learns them at its mingle; then it broadcasts.
+``celery mingle revoke ID...`` calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import MingleConfig, configure
+
+__all__ = ["RevokeOutcome", "revoke"]
+
+
+@dataclass(frozen=True)
+class RevokeOutcome:
+    """What :func:`revoke` did."""
+
+    #: The ids, without duplicates, in the given order.
+    ids: tuple[str, ...]
+    #: Where plugins recorded them (``mingle_record_revoke`` answers); empty when nowhere.
+    recorded_in: tuple[str, ...]
+
+
+def revoke(
+    app: Any,
+    task_ids: str | Iterable[str],
+    *,
+    terminate: bool = False,
+    signal: str | None = None,
+    config: MingleConfig | None = None,
+    **kwargs: Any,
+) -> RevokeOutcome:
+    """Record ``task_ids`` through the ``mingle_record_revoke`` plugins, then ``app.control.revoke``
+    them (always, whatever the plugins did). Extra keyword arguments go to ``app.control.revoke``.
+
+    :param config: the settings and plugins to use; by default the app's (``configure(app.conf)``).
+
+    .. versionadded:: 0.2
+    """
+    ids = tuple(dict.fromkeys([task_ids] if isinstance(task_ids, str) else task_ids))
+    config = config or configure(app.conf)
+    recorded = tuple(
+        str(result.value)
+        for result in config.runner.each(
+            "mingle_record_revoke", app=app, ids=ids, terminate=terminate, settings=config.settings
+        )
+        if result.value
+    )
+    if ids:
+        app.control.revoke(list(ids), terminate=terminate, signal=signal, **kwargs)
+    return RevokeOutcome(ids, recorded)
