@@ -113,6 +113,14 @@ def print_status(result: Mapping[str, Any]) -> None:
             details.append(f"{node}: rejected the reply of {other}: {reason}")
         if last.get("skipped"):
             details.append(f"{node}: hello skipped: {last['skipped']}")
+        if last.get("ids_dropped"):
+            details.append(f"{node}: {last['ids_dropped']} ids dropped by policy {last.get('dropped_by')}")
+        if last.get("ids_over_share"):
+            details.append(f"{node}: {last['ids_over_share']} new ids not merged: over mingle_max_share")
+        for other, extra in (last.get("duplicates") or {}).items():
+            details.append(f"{node}: {extra} extra replies under the name {other}")
+        if last.get("sources_unreached"):
+            details.append(f"{node}: not reached: {', '.join(last['sources_unreached'])}")
         for p in reply.get("plugins", []):
             if p.get("status") in ("failed", "blocked"):
                 details.append(f"{node}: plugin {p['name']} {p['status']}: {p.get('reason', '')}")

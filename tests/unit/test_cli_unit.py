@@ -307,3 +307,27 @@ def test_a_transport_that_fails_otherwise_gets_no_install_line() -> None:
     assert (info.scheme, info.driver_type) == ("redis", None)
     assert (info.error, info.fix) == ("ValueError: bad broker option", "")
     assert info.problem() == "ValueError: bad broker option"
+
+
+def test_status_details_say_what_did_not_fit_and_what_policies_dropped(capsys: Any) -> None:
+    last = {
+        "neighbours": ["evil@x"],
+        "ids_merged": 5000,
+        "rejected": {},
+        "elapsed": 0.5,
+        "clock_before": 1,
+        "clock_after": 2,
+        "skipped": None,
+        "ids_dropped": 3,
+        "dropped_by": {"audit": 3},
+        "ids_over_share": 45000,
+        "duplicates": {"real@x": 1},
+        "sources_unreached": ["store@db"],
+    }
+    reply = {"enabled": True, "transport": "redis", "last": last, "plugins": []}
+    live_status.print_status({"workers": {"w@x": reply}, "stock": {}})
+    out = capsys.readouterr().out
+    assert "w@x: 45000 new ids not merged: over mingle_max_share" in out
+    assert "w@x: 3 ids dropped by policy {'audit': 3}" in out
+    assert "w@x: 1 extra replies under the name real@x" in out
+    assert "w@x: not reached: store@db" in out
