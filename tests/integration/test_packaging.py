@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.venvs import checkout_lock
 from tests.unit.test_setup_commands import distributions, package_of, package_version
 
 pytestmark = pytest.mark.slow
@@ -39,10 +40,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """``(dist folder, build output)``: every distribution built once for this module."""
     dist = tmp_path_factory.mktemp("dist")
     output = ""
-    for source in distributions():
-        output += run(
-            [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)], cwd=source
-        )
+    with checkout_lock():
+        for source in distributions():
+            output += run(
+                [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)],
+                cwd=source,
+            )
     return dist, output
 
 

@@ -6,15 +6,31 @@ second test run reuses them. ``MINGLE_VENV_DIR`` moves them elsewhere.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_DIR = Path(os.environ.get("MINGLE_VENV_DIR", ROOT / ".venvs"))
+
+
+@contextmanager
+def checkout_lock() -> Iterator[None]:
+    """Held while pip or build writes into this checkout (``build/``, ``*.egg-info``: pip builds
+    a local path in its tree), so that tests running in parallel (pytest-xdist) never do it at
+    the same time."""
+    VENV_DIR.mkdir(parents=True, exist_ok=True)
+    with open(VENV_DIR / ".checkout.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), label: str = "env") -> Path:
@@ -38,13 +54,16 @@ def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), l
     marker = env_dir / ".complete"
     if marker.exists():
         return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(env_dir)], check=True)
-    args = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements]
-    args += [str(p) for p in editable]
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"pip install failed in {env_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    marker.write_text(key_src)
+    with checkout_lock():  # also one build at a time of the same venv
+        if marker.exists():
+            return python
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(env_dir)], check=True)
+        args = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements]
+        args += [str(p) for p in editable]
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"pip install failed in {env_dir}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+        marker.write_text(key_src)
     return python
