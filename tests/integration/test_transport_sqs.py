@@ -122,7 +122,7 @@ def test_without_fanout_the_plugin_refuses_in_one_line(make_cluster: Any, moto: 
         '"supports_fanout": True' in lines[0]
         and 'broker_transport = "mingle_sqs.transport:Transport"' in lines[0]
     )
-    assert "mingle: off: a plugin refused the 'sqs' transport" in worker.log()
+    assert "mingle: off: plugin 'sqs' refused the 'sqs' transport" in worker.log()
     assert "mingle: searching for neighbors" not in worker.log()
 
     check = subprocess.run(
