@@ -38,6 +38,7 @@ __all__ = [
     "decide_transport",
     "load_transport",
     "plugin_claims",
+    "plugin_warnings",
     "quiet_logs",
 ]
 
@@ -71,16 +72,32 @@ PLUGIN_DISTRIBUTIONS: dict[str, str] = {d: f"celery-mingle-{d}" for d in ("files
 
 
 @contextmanager
-def quiet_logs() -> Iterator[None]:
-    """Keep log records (ours and the plugins') from the console while a command asks the
-    plugins: the command prints what they say."""
+def quiet_logs() -> Iterator[list[logging.LogRecord]]:
+    """Collect the log records (ours and the plugins') instead of printing them while a command
+    asks the plugins: the command prints what matters in its own words, and may show the
+    plugins' warnings (a plugin saying why it refuses a transport) from the list."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
     root = logging.getLogger()
     saved = root.handlers[:]
-    root.handlers = [logging.NullHandler()]
+    root.handlers = [Collect(logging.DEBUG)]
     try:
-        yield
+        yield records
     finally:
         root.handlers = saved
+
+
+def plugin_warnings(records: list[logging.LogRecord]) -> list[str]:
+    """What the plugins themselves said at WARNING or above (not the core's lines)."""
+    return [
+        r.getMessage()
+        for r in records
+        if r.levelno >= logging.WARNING and not r.name.startswith(("mingle_plugins", "celery", "kombu"))
+    ]
 
 
 def configure_app(app: Any) -> tuple[MingleConfig, list[SettingsError]]:

@@ -18,6 +18,7 @@ from ..diagnostics import (
     configure_app,
     decide_transport,
     load_transport,
+    plugin_warnings,
     quiet_logs,
 )
 from ..loader import BUILTIN_NAME
@@ -138,8 +139,9 @@ def check(ctx: click.Context, as_json: bool) -> None:
     that fails, a broker transport that cannot load, or worker_consumer not
     running this package's step.
     """
-    with quiet_logs():  # what the plugins log while asked is in the report
+    with quiet_logs() as records:  # what the plugins log while asked is in the report
         report = check_app(obj_app(ctx))
+    report["warnings"] += [f"a plugin says: {line}" for line in plugin_warnings(records)]
     if as_json:
         echo_json(report)
     else:

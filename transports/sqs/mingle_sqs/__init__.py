@@ -157,6 +157,13 @@ def refusal(app: Any) -> str | None:
     return None
 
 
+def _on_sqs(app: Any) -> bool:
+    """Whether the app's broker is SQS (``celery mingle plugins`` asks about every transport)."""
+    url = str(app.conf.get("broker_url") or "")
+    transport = str(app.conf.get("broker_transport") or "")
+    return url.startswith("sqs") or transport in ("sqs", TRANSPORT_SETTING.split('"')[1])
+
+
 @hookimpl
 def mingle_transport_compatible(app: Any, driver_type: str) -> bool | None:
     """Claim ``sqs`` when fanout is on and advertised; refuse it, in one log line, otherwise."""
@@ -165,7 +172,7 @@ def mingle_transport_compatible(app: Any, driver_type: str) -> bool | None:
     why = refusal(app)
     if why is None:
         return True
-    if why not in _said:  # ``celery mingle check`` asks more than once
+    if why not in _said and _on_sqs(app):  # said once, and only to an app whose broker is SQS
         _said.add(why)
         logger.warning("mingle: sqs: mingle is off: %s", why)
     return False
