@@ -39,12 +39,13 @@ def revoked_stamps(revoked_set: Any) -> dict[str, Any]:
     return dict(revoked_set._data)
 
 
-def revoked_ages(revoked_set: Any, ids: Sequence[str]) -> list[float]:
+def revoked_ages(revoked_set: Any, ids: Sequence[str]) -> list[int]:
     """How long ago each of ``ids`` was revoked, in seconds (from the ``LimitedSet``'s
     ``time.monotonic()`` stamps, which only mean something on this host)."""
+    # Whole seconds: expiries are hours, and 50,000 integers encode and decode much faster.
     now = time.monotonic()
     data = revoked_set._data
-    return [round(max(0.0, now - data[i][0]), 3) if i in data else 0.0 for i in ids]
+    return [max(0, int(now - data[i][0])) if i in data else 0 for i in ids]
 
 
 def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) -> int:

@@ -144,7 +144,7 @@ def extend_reply(
     request: Mapping[str, Any],
     node: str,
     keys: Sequence[str],
-    ages: Callable[[list[str]], list[float]] | None = None,
+    ages: Callable[[list[str]], Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Answer a newcomer's ``mingle`` request: a digest instead of the ids, the ids' ages
     (``ages(ids)``, when the request carries ages: its sender keeps them), and a signature."""

@@ -263,13 +263,14 @@ def mingle_send_hello(
     consumer: WorkerConsumer, revoked: Any, options: HelloOptions, settings: MingleSettings
 ) -> Mapping[str, Any] | None:
     """The core's pidbox hello, with a short long poll; the reply queue is deleted afterwards."""
-    from mingle_plugins.collect import hello_exchange
-
-    from .transport import delete_queue
-
     connection = consumer.connection
     if connection.transport.driver_type != DRIVER_TYPE or options.reply_queue is None:
         return None
+    # Imported here, on SQS only: ``.transport`` imports boto3 (~0.2 s), which no other
+    # transport's mingle should wait for.
+    from mingle_plugins.collect import hello_exchange
+
+    from .transport import delete_queue
     own = settings.plugin(SqsSettings)
     channel = connection.default_channel
     try:
