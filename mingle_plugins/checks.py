@@ -205,10 +205,11 @@ def _check_ages(ages: Any, revoked: Any) -> dict[str, float] | None:
         return None
     if not isinstance(ages, list) or len(ages) != len(revoked):
         raise InvalidReply("ages do not match the revoked ids one for one")
-    for age in ages:
-        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12:
-            raise InvalidReply(f"age {age!r:.60} is not a number of seconds >= 0")
-    return {task_id: float(age) for task_id, age in zip(revoked, ages, strict=True)}
+    if not (ages and all(type(age) is int for age in ages) and 0 <= min(ages) and max(ages) < 10**12):
+        for age in ages:  # not all whole seconds (this package sends those): each one checked
+            if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12:
+                raise InvalidReply(f"age {age!r:.60} is not a number of seconds >= 0")
+    return dict(zip(revoked, ages, strict=True))
 
 
 def check_reply(reply: Any, limits: ReplyLimits, original: Reply) -> Reply:

@@ -24,6 +24,7 @@ __all__ = [
     "publish_hello",
     "revoked_for_hello",
     "revoked_stamps",
+    "revoked_stamps_view",
     "sends_ids_only",
     "size_revoked_set",
 ]
@@ -32,6 +33,13 @@ __all__ = [
 def sends_ids_only(state: Any = worker_state) -> bool:
     """True on Celery 5.7+, whose hello carries ids only (``state.merge_revoked``)."""
     return hasattr(state, "merge_revoked")
+
+
+def revoked_stamps_view(revoked_set: Any) -> Mapping[str, Any]:
+    """A ``LimitedSet``'s ``{id: (stamp, ...)}`` itself (its private ``_data``), to read only:
+    membership in it is a C-level dict lookup, where ``id in revoked_set`` is a Python call."""
+    data: Mapping[str, Any] = revoked_set._data
+    return data
 
 
 def revoked_stamps(revoked_set: Any) -> dict[str, Any]:
@@ -58,16 +66,17 @@ def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) 
     now = time.monotonic()
     expires = revoked_set.expires
     data = revoked_set._data
+    add = revoked_set.add
     too_old = 0
     for task_id in ids:
-        age = ages.get(task_id, 0.0)
+        age = ages.get(task_id, 0)
         if expires and age >= expires:
             too_old += 1
             continue
         stamp = now - age
         held = data.get(task_id)
         if held is None or stamp < held[0]:
-            revoked_set.add(task_id, now=stamp)
+            add(task_id, now=stamp)
     return too_old
 
 

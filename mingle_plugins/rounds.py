@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal
 
 from . import compat
@@ -59,8 +60,10 @@ class MingleRound:
     guard: ReplayGuard | None = None
     #: The reply being synced (``sync_with_node``), for the stock-API methods.
     current: Reply | None = None
-    #: Kept ids waiting for the bulk merge: ``{id: (sender's stamp (5.3-5.6), age)}``.
-    pending: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    #: Kept ids waiting for the bulk merge, with their age (senders running this package)...
+    pending_aged: dict[str, float] = field(default_factory=dict)
+    #: ... or the sender's stamp (5.3-5.6), or ``None`` (stamped now, as stock 5.7).
+    pending: dict[str, float | None] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     cpu: float = 0.0
 
@@ -207,30 +210,34 @@ class MingleRound:
         outcome = self.summary.nodes.setdefault(reply.nodename, NodeOutcome())
         outcome.ids_received += len(reply_ids)
         revoked_set = self.revoked_set
-        guard = any(
+        policies = any(
             impl.plugin is not self.runner.pm.get_plugin(BUILTIN_NAME)
             for impl in self.runner.implementations("mingle_merge_revoked")
         )
-        saved = compat.revoked_stamps(revoked_set) if guard and reply_ids else {}
-        kept, dropped_by = self._policies(reply) if reply_ids else ([], {})
-        if guard:
+        if policies and reply_ids:
+            saved = compat.revoked_stamps(revoked_set)
+            kept, dropped_by = self._policies(reply)
             self._restore_lost(saved)
-        new = [i for i in kept if i not in revoked_set and i not in self.pending]
+        else:  # no policy: every id is kept (the common case, without a pass over the ids)
+            kept, dropped_by = list(reply_ids), {}
+        held, pending, aged = compat.revoked_stamps_view(revoked_set), self.pending, self.pending_aged
+        new = [i for i in kept if i not in held and i not in pending and i not in aged]
         new, kept = self._within_share(reply, new, kept, outcome)
         outcome.ids_kept += len(kept)
         outcome.ids_merged += len(new)
         for plugin, count in dropped_by.items():
             outcome.dropped_by[plugin] = outcome.dropped_by.get(plugin, 0) + count
             logger.info("mingle: plugin %r dropped %d ids of %s", plugin, count, shown(reply.nodename))
-        stamps, ages = reply.stamps or {}, reply.ages
+        stamps, ages = reply.stamps, reply.ages
         if self.settings.merge == "bulk":
-            for task_id in new:
-                self.pending[task_id] = (
-                    stamps.get(task_id),
-                    None if ages is None else ages.get(task_id, 0.0),
-                )
-            if ages is not None:  # an id known already keeps the older revoke time of the two
-                compat.merge_aged(revoked_set, [i for i in kept if i in revoked_set], ages)
+            if ages is not None:
+                aged.update(zip(new, map(ages.get, new, repeat(0)), strict=True))
+                if len(new) < len(kept):  # an id known already keeps the older revoke time of the two
+                    compat.merge_aged(revoked_set, [i for i in kept if i in held], ages)
+            elif stamps is not None:
+                pending.update(zip(new, map(stamps.get, new), strict=True))
+            else:
+                pending.update(dict.fromkeys(new))
         elif ages is not None:
             compat.merge_aged(revoked_set, kept, ages)
         else:
@@ -249,7 +256,7 @@ class MingleRound:
         maxlen = self.revoked_set.maxlen
         if not maxlen or not new:
             return new, kept
-        free = max(0, maxlen - len(self.revoked_set) - len(self.pending))
+        free = max(0, maxlen - len(self.revoked_set) - len(self.pending) - len(self.pending_aged))
         allowed = free + int(self.settings.max_share * maxlen)
         if len(new) <= allowed:
             return new, kept
@@ -291,14 +298,12 @@ class MingleRound:
         """The bulk merge (once, only new ids) and the summary's totals."""
         cpu = time.process_time()
         state = self.consumer.controller.state
-        if self.pending:
-            logger.debug("mingle: bulk merge of %d new ids", len(self.pending))
-            aged = {i: age for i, (_, age) in self.pending.items() if age is not None}
-            plain = [i for i, (_, age) in self.pending.items() if age is None]
-            stamps = {i: s for i, (s, _) in self.pending.items() if s is not None} or None
-            compat.merge_aged(state.revoked, list(aged), aged)
-            compat.merge_ids(state, plain, stamps)
-            self.pending = {}
+        if self.pending or self.pending_aged:
+            logger.debug("mingle: bulk merge of %d new ids", len(self.pending) + len(self.pending_aged))
+            compat.merge_aged(state.revoked, list(self.pending_aged), self.pending_aged)
+            stamps = {i: s for i, s in self.pending.items() if s is not None}
+            compat.merge_ids(state, list(self.pending), stamps or None)
+            self.pending, self.pending_aged = {}, {}
         state.revoked.purge()  # ids whose revoke time is past the expiry go now
         summary = self.summary
         if summary.ids_over_share:
@@ -321,7 +326,7 @@ class MingleRound:
                 summary.merged_from.append(name)
         summary.revoked_after = len(state.revoked)
         if before is not None:
-            summary.ids_merged = sum(1 for task_id in state.revoked if task_id not in before)
+            summary.ids_merged = len(compat.revoked_stamps_view(state.revoked).keys() - before)
         else:
             summary.ids_merged = sum(o.ids_merged for o in summary.nodes.values() if o.status == "accepted")
         summary.clock_after = self.consumer.app.clock.value

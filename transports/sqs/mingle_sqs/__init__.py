@@ -271,6 +271,7 @@ def mingle_send_hello(
     from mingle_plugins.collect import hello_exchange
 
     from .transport import delete_queue
+
     own = settings.plugin(SqsSettings)
     channel = connection.default_channel
     try:
