@@ -36,9 +36,9 @@ logger = logging.getLogger("mingle_plugins")
 #: The name the built-in (stock behaviour) implementations are registered under.
 BUILTIN_NAME = "builtin"
 
-#: The default of ``mingle_slow_import``: a plugin whose import takes longer gets one
-#: WARNING line, as every worker start (and every ``celery mingle`` command) waits for it.
-SLOW_IMPORT_SECONDS = 1.0
+#: The default of ``mingle_slow_import`` (declared there): a plugin whose import takes longer
+#: gets one WARNING line, as every worker start (and every ``celery mingle`` command) waits for it.
+SLOW_IMPORT_SECONDS: float = MingleSettings.slow_import
 
 Status = Literal["builtin", "loaded", "blocked", "failed"]
 

@@ -150,11 +150,3 @@ class HookRunner:
             if result.value is not None:
                 return result.value
         return None
-
-    def call(self, name: str, *, fail_closed: bool = False, **kwargs: Any) -> Any:
-        """Call hook ``name`` as pluggy would: the first answer for a ``firstresult`` hook,
-        else the list of non-``None`` answers."""
-        caller: pluggy.HookCaller = getattr(self.pm.hook, name)
-        if caller.spec is not None and caller.spec.opts.get("firstresult"):
-            return self.first(name, **kwargs)
-        return [r.value for r in self.each(name, fail_closed=fail_closed, **kwargs) if r.value is not None]

@@ -201,6 +201,15 @@ def recorder_for(store: RevocationStore, timeout: float) -> Recorder:
         return recorder
 
 
+def client_bounds(settings: MingleSettings) -> tuple[int | None, float | None]:
+    """The cap and expiry a worker of these settings gives its revoked set, seen from a process
+    that is no worker: ``mingle_revokes_max`` / ``mingle_revoke_expires``, else Celery's
+    ``CELERY_WORKER_REVOKES_MAX`` / ``CELERY_WORKER_REVOKE_EXPIRES`` (as this process sees them)."""
+    maxlen = settings.revokes_max or worker_state.revoked.maxlen or None
+    expires = settings.revoke_expires or worker_state.revoked.expires or None
+    return maxlen, expires
+
+
 def _bounds(consumer: WorkerConsumer) -> tuple[int | None, float | None]:
     revoked = consumer.controller.state.revoked
     maxlen = getattr(revoked, "maxlen", None) or None
@@ -234,8 +243,7 @@ def mingle_record_revoke(ids: tuple[str, ...], settings: MingleSettings) -> str 
     store = store_for(s)
     if store is None or not ids:
         return None
-    maxlen = settings.revokes_max or worker_state.revoked.maxlen or None
-    expires = settings.revoke_expires or worker_state.revoked.expires or None
+    maxlen, expires = client_bounds(settings)
     try:
         call_with_deadline(
             store.record, s.timeout, ids=dict.fromkeys(ids, time.time()), maxlen=maxlen, expires=expires

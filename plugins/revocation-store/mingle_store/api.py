@@ -13,13 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery.worker import state as worker_state
-
 from mingle_plugins import revoke as mingle_revoke
 from mingle_plugins.parsers import parse_fields, report_problems
 from mingle_plugins.settings import load_settings
 
-from . import PLUGIN_NAME, StoreSettings, source_name, store_for
+from . import PLUGIN_NAME, StoreSettings, client_bounds, source_name, store_for
 from .backends import RevocationStore
 
 __all__ = ["RevokeResult", "bounds", "revoke", "settings_of", "stored"]
@@ -50,15 +48,8 @@ def settings_of(conf: Mapping[str, Any]) -> StoreSettings:
 
 
 def bounds(conf: Mapping[str, Any]) -> tuple[int | None, float | None]:
-    """The cap and expiry a worker of this app gives its revoked set.
-
-    ``mingle_revokes_max`` / ``mingle_revoke_expires`` when the installed core has them, else
-    Celery's ``CELERY_WORKER_REVOKES_MAX`` / ``CELERY_WORKER_REVOKE_EXPIRES`` (as this process sees them).
-    """
-    core, _ = load_settings(conf)
-    maxlen = getattr(core, "revokes_max", None) or worker_state.revoked.maxlen or None
-    expires = getattr(core, "revoke_expires", None) or worker_state.revoked.expires or None
-    return maxlen, expires
+    """The cap and expiry a worker of this app gives its revoked set (:func:`client_bounds`)."""
+    return client_bounds(load_settings(conf)[0])
 
 
 def revoke(
