@@ -5,8 +5,10 @@ handler merges with no check. Here they take the path every reply takes
 (:class:`~mingle_plugins.rounds.MingleRound`: checks, trust, ``mingle_on_reply``,
 the merge policies, the installed Celery's merge), as a :class:`Reply` whose
 ``source`` is ``"request"``; the stock handler then answers with ``revoked=None``.
-A request of this package's extension (``mingle``) gets a digest and a
-signature (:mod:`mingle_plugins.protocol`); a stock request gets the stock reply.
+A request of this package's extension (``mingle``) gets a digest (kept by a
+:class:`~mingle_plugins.protocol.DigestCache` between hellos), the ids' ages
+and a signature (:mod:`mingle_plugins.protocol`); a stock request gets the
+stock reply.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
+from celery.worker import control as stock_control
 
 from . import compat, protocol
+from .bulk import gc_paused
 from .checks import InvalidReply, check_nodename, shown
 
 if TYPE_CHECKING:
@@ -48,8 +52,13 @@ def take_request_ids(step: Mingle, consumer: Any, from_node: Any, revoked: Any, 
 
 def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the stock ``hello`` handler: the request's ids go through the reply path."""
+    digests = protocol.DigestCache()  # this worker's: its ids are hashed once per change
 
     def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
+        with gc_paused():  # lists of 50,000 ids both ways: see mingle_plugins.bulk
+            return answer(state, from_node, revoked, mingle, **kwargs)
+
+    def answer(state: Any, from_node: str, revoked: Any, mingle: Any, **kwargs: Any) -> Any:
         try:
             check_nodename(from_node)
         except InvalidReply as exc:  # stock would log the name raw ("sync with <name>")
@@ -57,7 +66,14 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
             return None
         if revoked and from_node != state.hostname:
             take_request_ids(step, state.consumer, from_node, revoked, mingle)
-        reply = stock_hello(state, from_node, revoked=None, **kwargs)
+        if (
+            stock_hello is stock_control.hello
+            and isinstance(mingle, Mapping)
+            and mingle.get("want") == "digest"
+        ):
+            reply = compat.hello_reply_without_ids(state, from_node)
+        else:
+            reply = stock_hello(state, from_node, revoked=None, **kwargs)
         if reply is None or not isinstance(mingle, Mapping):
             return reply
         revoked_set = state.consumer.controller.state.revoked
@@ -67,6 +83,7 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
             state.hostname,
             step.settings.hmac_keys,
             ages=lambda ids: compat.revoked_ages(revoked_set, ids),
+            digest_of=lambda: digests.of(compat.revoked_stamps_view(revoked_set).keys()),
         )
 
     return hello

@@ -15,6 +15,7 @@ from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
 from . import compat
+from .bulk import gc_paused
 from .checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
 from .config import configure
 from .control import install_handlers
@@ -131,6 +132,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.sync(c)
 
     def sync(self, c: Any) -> None:
+        with gc_paused():  # replies of 50,000 ids: see mingle_plugins.bulk
+            self._sync(c)
+
+    def _sync(self, c: Any) -> None:
         rnd = self.new_round(c)
         summary = rnd.summary
         before = set(c.controller.state.revoked)

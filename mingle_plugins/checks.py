@@ -176,7 +176,7 @@ def check_body(
     ext = body.get("mingle")
     extension: Mapping[str, Any] = dict(ext) if isinstance(ext, Mapping) else {}
     extra = {k: v for k, v in body.items() if isinstance(k, str) and k not in _KNOWN_KEYS}
-    revoked = body.get("revoked")
+    revoked = _unpacked(body.get("revoked"), extension.get("ids"), limits)
     ids: tuple[str, ...] = ()
     stamps: dict[str, float] | None = None
     if revoked is None or (isinstance(revoked, (list, tuple, dict)) and not revoked):
@@ -184,8 +184,7 @@ def check_body(
     elif isinstance(revoked, (list, tuple, dict)) and len(revoked) > limits.max_ids:
         raise InvalidReply(f"{len(revoked)} revoked ids is more than the {limits.max_ids} a worker keeps")
     elif isinstance(revoked, (list, tuple)):
-        for task_id in revoked:
-            _check_id(task_id, limits)
+        _check_ids(revoked, limits)
         ids = tuple(dict.fromkeys(revoked))  # a repeated id counts once
     elif isinstance(revoked, dict):
         stamps = {}
@@ -199,13 +198,39 @@ def check_body(
     return Reply(name, clock, ids, stamps, ages, source, extension, extra)
 
 
+def _unpacked(revoked: Any, packed: Any, limits: ReplyLimits) -> Any:
+    """``revoked``, or the ids packed into ``mingle.ids`` (:func:`~mingle_plugins.protocol.pack_ids`)."""
+    if packed is None:
+        return revoked
+    if revoked:
+        raise InvalidReply("ids both in revoked and in mingle.ids")
+    if not isinstance(packed, str):
+        raise InvalidReply(f"mingle.ids is a {type(packed).__name__}, not a string")
+    if len(packed) > limits.max_ids * (limits.max_id_length + 1):
+        raise InvalidReply(f"mingle.ids of {len(packed)} characters cannot hold at most {limits.max_ids} ids")
+    return protocol.unpack_ids(packed)
+
+
+def _check_ids(ids: list[Any] | tuple[Any, ...], limits: ReplyLimits) -> None:
+    # Three C-level passes over 50,000 ids; the loop over them only to name a bad one.
+    if (
+        ids
+        and set(map(type, ids)) == {str}
+        and 1 <= min(map(len, ids))
+        and max(map(len, ids)) <= limits.max_id_length
+    ):
+        return
+    for task_id in ids:
+        _check_id(task_id, limits)
+
+
 def _check_ages(ages: Any, revoked: Any) -> dict[str, float] | None:
     """``{id: age}`` from the extension's ``ages`` (aligned with ``revoked``), or ``None``."""
     if ages is None:
         return None
     if not isinstance(ages, list) or len(ages) != len(revoked):
         raise InvalidReply("ages do not match the revoked ids one for one")
-    if not (ages and all(type(age) is int for age in ages) and 0 <= min(ages) and max(ages) < 10**12):
+    if not (ages and set(map(type, ages)) == {int} and 0 <= min(ages) and max(ages) < 10**12):
         for age in ages:  # not all whole seconds (this package sends those): each one checked
             if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12:
                 raise InvalidReply(f"age {age!r:.60} is not a number of seconds >= 0")
@@ -222,8 +247,7 @@ def check_reply(reply: Any, limits: ReplyLimits, original: Reply) -> Reply:
     _check_clock(reply.clock, limits)
     if not isinstance(reply.ids, tuple) or len(reply.ids) > limits.max_ids:
         raise InvalidReply("a mingle_on_reply plugin returned ids that are not a tuple within bounds")
-    for task_id in reply.ids:
-        _check_id(task_id, limits)
+    _check_ids(reply.ids, limits)
     if reply.stamps is not None:
         for task_id in reply.ids:
             _stamp(reply.stamps.get(task_id, 0.0))

@@ -288,7 +288,11 @@ def _fetch_full_lists(
     for digest, nodes in groups.items():
         for node in nodes:  # the first node of a digest that answers in full
             # No ids of ours this time (the broadcast carried them), but ask for their ages.
-            ask = {"from_node": hostname, "revoked": None, "mingle": {**ext, "ages": [], "want": "full"}}
+            ask = {
+                "from_node": hostname,
+                "revoked": None,
+                "mingle": {**ext, "ages": [], "want": "full", "packed": True},
+            }
             full = collector.ask(ask, destination=[node])
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]

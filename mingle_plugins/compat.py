@@ -9,15 +9,22 @@ the module to change.
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from typing import Any
 
+from celery.utils.log import get_logger
 from celery.worker import state as worker_state
+
+#: The logger of Celery's control commands (stock ``hello`` logs "sync with NODE" there).
+_control_logger = get_logger("celery.worker.control")
 
 __all__ = [
     "count_fanout_receivers",
+    "hello_reply_without_ids",
     "merge_aged",
     "revoked_ages",
     "merge_ids",
@@ -48,12 +55,30 @@ def revoked_stamps(revoked_set: Any) -> dict[str, Any]:
 
 
 def revoked_ages(revoked_set: Any, ids: Sequence[str]) -> list[int]:
-    """How long ago each of ``ids`` was revoked, in seconds (from the ``LimitedSet``'s
-    ``time.monotonic()`` stamps, which only mean something on this host)."""
+    """How long ago each of ``ids`` was revoked, in whole seconds (from the ``LimitedSet``'s
+    ``time.monotonic()`` stamps, which only mean something on this host); 0 for an id it
+    does not hold."""
     # Whole seconds: expiries are hours, and 50,000 integers encode and decode much faster.
     now = time.monotonic()
     data = revoked_set._data
-    return [max(0, int(now - data[i][0])) if i in data else 0 for i in ids]
+    try:
+        ages = [int(now - entry[0]) for entry in map(data.__getitem__, ids)]
+    except KeyError:  # an id no longer held: the slow way
+        return [max(0, int(now - data[i][0])) if i in data else 0 for i in ids]
+    if ages and min(ages) < 0:  # a stamp ahead of this clock (a 5.3-5.6 sender's own)
+        return [max(0, age) for age in ages]
+    return ages
+
+
+def hello_reply_without_ids(state: Any, from_node: str) -> dict[str, Any] | None:
+    """Stock ``hello``'s reply with an empty ``revoked`` of the installed Celery's type: its
+    log line, its purge and its clock, without the copy of every id (``list(revoked)``,
+    ~10 ms for 50,000 on Celery 5.7) that the digest round would throw away."""
+    if from_node == state.hostname:
+        return None
+    _control_logger.info("sync with %s", from_node)
+    worker_state.revoked.purge()
+    return {"revoked": [] if sends_ids_only() else {}, "clock": state.app.clock.forward()}
 
 
 def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) -> int:
@@ -66,18 +91,54 @@ def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) 
     now = time.monotonic()
     expires = revoked_set.expires
     data = revoked_set._data
-    add = revoked_set.add
-    too_old = 0
-    for task_id in ids:
-        age = ages.get(task_id, 0)
-        if expires and age >= expires:
-            too_old += 1
-            continue
-        stamp = now - age
-        held = data.get(task_id)
-        if held is None or stamp < held[0]:
-            add(task_id, now=stamp)
+    ages_of = list(map(ages.get, ids, repeat(0)))
+    if expires and ages_of and max(ages_of) >= expires:
+        kept = [(task_id, age) for task_id, age in zip(ids, ages_of, strict=True) if age < expires]
+        too_old = len(ids) - len(kept)
+        ids, ages_of = [task_id for task_id, _ in kept], [age for _, age in kept]
+    else:
+        too_old = 0
+    held = data.keys() & ids
+    fresh = [(task_id, now - age) for task_id, age in zip(ids, ages_of, strict=True) if task_id not in held]
+    fresh_ids = dict(fresh)  # a repeated id once
+    _add_many(revoked_set, list(fresh_ids), list(fresh_ids.values()))
+    for task_id in held:
+        stamp = now - ages.get(task_id, 0)
+        if stamp < data[task_id][0]:
+            revoked_set.add(task_id, now=stamp)
     return too_old
+
+
+def _add_many(revoked_set: Any, ids: list[str], stamps: list[float]) -> None:
+    """``revoked_set.add(id, now=stamp)`` for ids it does not hold, in one pass.
+
+    50,000 calls of ``LimitedSet.add`` (a ``heappush`` each) take ~90 ms; one
+    update of its dict and one ``heapify`` ~15 ms. The entry is ``(stamp,
+    sequence, id)`` on Celery 5.7 and ``(stamp, id)`` before: taken from an
+    entry of the set (or of a new one), with the loop as the fallback.
+    """
+    if not ids:
+        return
+    data, heap = revoked_set._data, revoked_set._heap
+    sample = next(iter(data.values()), None)
+    if sample is None:
+        probe = type(revoked_set)()
+        probe.add("probe")
+        sample = next(iter(probe._data.values()))
+    sequence = getattr(revoked_set, "_seq", None)
+    entries: list[tuple[Any, ...]]
+    if isinstance(sample, tuple) and len(sample) == 3 and sequence is not None:
+        entries = list(zip(stamps, sequence, ids, strict=False))  # the count never ends
+    elif isinstance(sample, tuple) and len(sample) == 2:
+        entries = list(zip(stamps, ids, strict=True))
+    else:  # a LimitedSet of another shape: its own add, one id at a time
+        for task_id, stamp in zip(ids, stamps, strict=True):
+            revoked_set.add(task_id, now=stamp)
+        return
+    data.update(zip(ids, entries, strict=True))
+    heap.extend(entries)
+    heapq.heapify(heap)
+    revoked_set.purge()
 
 
 def size_revoked_set(revoked_set: Any, maxlen: int | None, expires: float | None) -> None:

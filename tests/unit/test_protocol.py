@@ -103,3 +103,40 @@ def test_fast_profile_and_secret_settings() -> None:
     assert settings.hmac_keys == ("a", "b")
     assert "top-secret" not in repr(settings)
     assert settings.as_dict()["mingle_hmac_keys"] == "<2 keys>"
+
+
+def test_the_digest_cache_hashes_again_only_when_the_ids_change() -> None:
+    from mingle_plugins.protocol import DigestCache
+
+    held = {"a": 1, "b": 2}
+    cache = DigestCache()
+    assert cache.of(held.keys()) == (digest(["a", "b"]), 2)
+    held["c"] = 3
+    assert cache.of(held.keys()) == (digest(["a", "b", "c"]), 3)
+    del held["a"]
+    held["d"] = 4  # as many ids as before, not the same ones
+    assert cache.of(held.keys()) == (digest(["b", "c", "d"]), 3)
+    held[7] = 5  # a non-string id (a stock revoke of an integer) is not in the digest
+    assert cache.of(held.keys()) == (digest(["b", "c", "d"]), 3)
+    assert cache.of(set()) == (EMPTY_DIGEST, 0)
+
+
+def test_a_full_list_travels_packed_with_its_ages_when_asked() -> None:
+    from mingle_plugins.protocol import pack_ids, unpack_ids
+
+    ids = ["id-1", "id-2", "id-3"]
+    ask = {"v": 2, "want": "full", "ages": [], "packed": True, "nonce": "n" * 16}
+    reply = extend_reply({"revoked": ids, "clock": 3}, ask, "n@x", ("k",), ages=lambda got: [9] * len(got))
+    assert reply["revoked"] == [] and unpack_ids(reply["mingle"]["ids"]) == ids
+    assert reply["mingle"]["ages"] == [9, 9, 9]
+    assert verify_fields(("k",), "n" * 16, "n@x", 3, ids, reply["mingle"]) is None  # signed over the ids
+    # an id with a newline cannot be packed: the list travels
+    odd = ["plain", "two\nlines"]
+    assert pack_ids(odd) is None and unpack_ids("") == []
+    listed = extend_reply({"revoked": odd, "clock": 3}, ask, "n@x", (), ages=lambda got: [1] * len(got))
+    assert listed["revoked"] == odd and "ids" not in listed["mingle"]
+    # without ages (they replace a 5.3-5.6 dict's stamps) nothing is packed
+    stamped = extend_reply(
+        {"revoked": {"a": [1.0, "a"]}, "clock": 3}, {"want": "full", "packed": True}, "n@x", ()
+    )
+    assert stamped["revoked"] == {"a": [1.0, "a"]} and "ids" not in stamped["mingle"]

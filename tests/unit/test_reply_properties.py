@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mingle_plugins.bootstep import Mingle
+from mingle_plugins.protocol import unpack_ids
 
 MAX_CLOCK = 10**6
 
@@ -31,6 +32,15 @@ mixed_ids = st.lists(st.one_of(ids, json_scalars), max_size=30)
 stamps = st.dictionaries(
     ids, st.one_of(st.floats(), st.lists(json_scalars, max_size=3), json_scalars), max_size=10
 )
+#: The extension of a packed full list (``mingle.ids``), well formed or not.
+packed_extensions = st.fixed_dictionaries(
+    {},
+    optional={
+        "ids": st.one_of(st.lists(ids, max_size=30).map("\n".join), st.text(max_size=60), json_values),
+        "ages": st.one_of(st.lists(st.integers(min_value=-2, max_value=10**13), max_size=30), json_values),
+        "v": st.just(2),
+    },
+)
 clocks = st.one_of(st.integers(min_value=-5, max_value=2 * MAX_CLOCK), json_scalars)
 replies = st.one_of(
     json_values,
@@ -41,7 +51,7 @@ replies = st.one_of(
             "revoked": st.one_of(mixed_ids, stamps, st.lists(ids, max_size=30), json_values),
             "clock": clocks,
             "error": st.text(max_size=10),
-            "mingle": json_values,
+            "mingle": st.one_of(json_values, packed_extensions),
         },
     ),
 )
@@ -85,3 +95,7 @@ def test_any_reply_is_merged_whole_or_not_at_all(bounded_step: Mingle, consumer:
     else:  # an accepted reply is merged whole
         revoked = reply.get("revoked") if isinstance(reply, dict) else None
         assert set(revoked or ()) <= after_ids
+        ext = reply.get("mingle") if isinstance(reply, dict) else None
+        packed = ext.get("ids") if isinstance(ext, dict) else None
+        if isinstance(packed, str):  # the ids of a packed full list, every one
+            assert not revoked and set(unpack_ids(packed)) <= after_ids

@@ -97,3 +97,71 @@ def test_settings_size_the_revoked_set(
     assert (state.revoked.maxlen, state.revoked.expires) == (20, 95)
     assert set(state.revoked) == {f"id-{i}" for i in range(10, 30)}  # the oldest went first
     assert "mingle: the revoked set keeps 20 ids for 95s (20 held)" in caplog.text
+
+
+def test_a_packed_full_list_is_merged_with_its_ages(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = _step(consumer, monkeypatch, mingle_merge="bulk")
+    monkeypatch.setattr(state.revoked, "expires", 1000)
+    body = {"revoked": [], "mingle": {"v": 2, "ids": "p1\np2\np3", "ages": [5, 50, 5000]}}
+    with step.mingle_round(consumer):
+        step.on_node_reply(consumer, "n@x", body)
+    assert _age(state, "p1") == pytest.approx(5, abs=2) and _age(state, "p2") == pytest.approx(50, abs=2)
+    assert "p3" not in state.revoked  # older than the expiry
+    with step.mingle_round(consumer) as rnd:
+        step.on_node_reply(consumer, "both@x", {"revoked": ["x"], "mingle": {"ids": "y", "ages": [1]}})
+        step.on_node_reply(consumer, "nostr@x", {"revoked": [], "mingle": {"ids": ["y"], "ages": [1]}})
+        step.on_node_reply(
+            consumer, "empty@x", {"revoked": [], "mingle": {"ids": "a\n\nb", "ages": [1, 1, 1]}}
+        )
+    assert {"x", "y", "a", "b"}.isdisjoint(state.revoked)
+    assert "both in revoked and in mingle.ids" in rnd.summary.rejected["both@x"]
+    assert "not a string" in rnd.summary.rejected["nostr@x"]
+    assert "outside 1.." in rnd.summary.rejected["empty@x"]
+
+
+@pytest.mark.parametrize("held", [0, 3])
+def test_the_bulk_add_leaves_the_set_as_one_add_per_id_would(state: Any, held: int) -> None:
+    """compat._add_many (one dict update and one heapify) against LimitedSet.add per id."""
+    from celery.utils.collections import LimitedSet
+
+    from mingle_plugins import compat
+
+    now = time.monotonic()
+    ids = [f"id-{i}" for i in range(40)]
+    ages = {task_id: float(i % 7) * 10 for i, task_id in enumerate(ids)}
+    one_by_one, bulk = LimitedSet(maxlen=30, expires=1000), LimitedSet(maxlen=30, expires=1000)
+    for target in (one_by_one, bulk):
+        for i in range(held):
+            target.add(f"held-{i}", now=now - 100 - i)
+    for task_id in ids:
+        one_by_one.add(task_id, now=now - ages[task_id])
+    compat.merge_aged(bulk, ids, ages)
+    assert set(bulk) == set(one_by_one) and len(bulk) == 30  # the oldest went first, in both
+    assert {i: round(bulk._data[i][0] - now) for i in bulk} == {
+        i: round(one_by_one._data[i][0] - now) for i in one_by_one
+    }
+    assert list(bulk) == list(one_by_one)  # the same order: oldest first
+    while bulk:  # the heap pops in revoke-time order
+        assert bulk.pop() == one_by_one.pop()
+
+
+def test_ages_of_ids_and_a_digest_hello_without_the_id_list(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mingle_plugins import compat
+
+    state.revoked.add("old", now=time.monotonic() - 30)
+    state.revoked.add("ahead", now=time.monotonic() + 50)  # a 5.3-5.6 sender's stamp ahead of our clock
+    assert compat.revoked_ages(state.revoked, ["old", "ahead", "gone"]) == [30, 0, 0]
+    assert compat.revoked_ages(state.revoked, ["old"]) == [30]
+    step = _step(consumer, monkeypatch)
+    hello = make_hello(step, Panel.data["hello"])
+    pidbox = type("S", (), {"hostname": consumer.hostname, "consumer": consumer, "app": consumer.app})()
+    with caplog.at_level("INFO", logger="celery.worker.control"):
+        reply = hello(pidbox, "new@x", revoked=None, mingle={"v": 2, "want": "digest"})
+    assert reply["revoked"] == [] and reply["mingle"]["count"] == 2
+    assert reply["mingle"]["digest"] == protocol.digest(["old", "ahead"])
+    assert "sync with new@x" in caplog.text  # stock's log line
+    assert hello(pidbox, consumer.hostname, mingle={"v": 2, "want": "digest"}) is None  # itself

@@ -1,0 +1,31 @@
+"""Bulk work on tens of thousands of ids without the cyclic garbage collector in the way.
+
+Decoding, checking and merging 50,000 ids makes a few hundred thousand tuples,
+lists and dicts. Each 700 new container objects start a collection of the
+youngest generation, and every tenth of those an older one; in a worker whose
+heap holds a million objects (Celery, kombu, the app's tasks), the oldest
+generation's collections made the merge of 50,000 ids take ~100 ms more than
+the same code in a small process. Nothing made here holds a reference cycle,
+so pausing the collector for the length of one reply costs nothing it would
+have found.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["gc_paused"]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block (it stays off if it was off)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
