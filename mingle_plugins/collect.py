@@ -9,6 +9,7 @@ Replies: ``{nodename: body}``, handed over as received; the step checks them
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -286,6 +287,9 @@ def _fetch_full_lists(
         if isinstance(theirs, Mapping) and theirs.get("digest") not in (None, own) and theirs.get("count"):
             groups.setdefault(str(theirs["digest"]), []).append(node)
     for digest, nodes in groups.items():
+        # In a random order: when many newcomers start at once, the full lists are served by
+        # all the nodes that share a digest, not all by the one that answers first.
+        random.shuffle(nodes)
         for node in nodes:  # the first node of a digest that answers in full
             # No ids of ours this time (the broadcast carried them), but ask for their ages.
             ask = {

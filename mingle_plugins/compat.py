@@ -99,9 +99,12 @@ def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) 
     else:
         too_old = 0
     held = data.keys() & ids
-    fresh = [(task_id, now - age) for task_id, age in zip(ids, ages_of, strict=True) if task_id not in held]
-    fresh_ids = dict(fresh)  # a repeated id once
-    _add_many(revoked_set, list(fresh_ids), list(fresh_ids.values()))
+    if held or len(set(ids)) != len(ids):  # the ids not held yet, each once
+        fresh = dict(zip(ids, ages_of, strict=True))
+        for task_id in held:
+            del fresh[task_id]
+        ids, ages_of = list(fresh), list(fresh.values())
+    _add_many(revoked_set, list(ids), [now - age for age in ages_of])
     for task_id in held:
         stamp = now - ages.get(task_id, 0)
         if stamp < data[task_id][0]:
