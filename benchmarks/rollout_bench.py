@@ -19,7 +19,8 @@ Measured per round (see ``benchmarks/README.md`` for the method and its error):
 - broker bytes: on Redis, ``INFO stats`` ``total_net_input_bytes + total_net_output_bytes``
   before the newcomers start and once the workers are quiet again (server wide); on both
   brokers, the TCP payload bytes sent and received by the workers' sockets over the same
-  span (kernel ``tcp_info``, this benchmark's workers only).
+  span (kernel ``tcp_info``, this benchmark's workers only);
+- neighbours' CPU: utime+stime of the N neighbours over the same span (what answering cost).
 
 Prints a Markdown table and one of stock/fast ratios.
 
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -132,16 +134,37 @@ def workers_tcp(pids: Sequence[int]) -> dict[tuple[int, int], tuple[int, int]]:
     return out
 
 
-def tcp_delta(
-    before: dict[tuple[int, int], tuple[int, int]], after: dict[tuple[int, int], tuple[int, int]]
-) -> tuple[int, int, int]:
-    """(bytes sent, bytes received, sockets closed in between: their bytes are not counted)."""
-    sent = sum(s - before.get(key, (0, 0))[0] for key, (s, _) in after.items())
-    received = sum(r - before.get(key, (0, 0))[1] for key, (_, r) in after.items())
-    return sent, received, len(before.keys() - after.keys())
+class TcpTracker:
+    """The workers' TCP bytes since it was made: every socket's last counters, sampled by :meth:`update`.
+
+    A socket closed between two samples keeps the counters of its last sample; one opened and
+    closed between two samples is missed (``closed`` counts the sockets gone since their last sample).
+    """
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.before = workers_tcp(pids)
+        self.seen = dict(self.before)
+        self.last = self.before
+
+    def update(self, pids: Sequence[int]) -> int:
+        """Sample the sockets of ``pids``; return the bytes (sent + received) so far."""
+        self.last = workers_tcp(pids)
+        self.seen.update(self.last)
+        return sum(self.totals())
+
+    def totals(self) -> tuple[int, int]:
+        """(bytes sent, bytes received) since the tracker was made."""
+        sent = sum(s - self.before.get(key, (0, 0))[0] for key, (s, _) in self.seen.items())
+        received = sum(r - self.before.get(key, (0, 0))[1] for key, (_, r) in self.seen.items())
+        return sent, received
+
+    @property
+    def closed(self) -> int:
+        return len(self.seen.keys() - self.last.keys())
 
 
 def cpu_ticks(pids: Sequence[int]) -> int:
+    """utime + stime of ``pids`` (gone ones count 0), in ``CLK_TCK`` ticks."""
     total = 0
     for pid in pids:
         try:
@@ -185,6 +208,7 @@ class Newcomer:
     ids_learned: int  # how many of the R ids its inspect revoked lists
     ids_extra: int  # ids it lists that were not revoked by this bench (should be 0)
     ids_merged: int | None  # mingle_status last.ids_merged (this package only)
+    cpu_ms: float  # its utime+stime once the workers are quiet (imports included: ~1 s)
     lines: list[str] = field(default_factory=list)
 
 
@@ -205,7 +229,8 @@ class Round:
     tcp_sent: int  # the workers' TCP bytes sent (neighbours + newcomers), once settled
     tcp_received: int
     tcp_bytes_at_ready: int
-    sockets_closed: int  # sockets gone during the window: their bytes are missing from tcp_*
+    sockets_closed: int  # sockets gone since their last sample (every 0.5 s): bytes after it are missed
+    neighbours_cpu_ms: float  # utime+stime of the N neighbours over the window (answering the hellos)
     newcomer_results: list[Newcomer] = field(default_factory=list)
 
     @property
@@ -218,21 +243,17 @@ class Round:
         return self.broker_bytes if self.broker_bytes is not None else self.tcp_bytes
 
 
-def wait_quiet(pids: Sequence[int], timeout: float) -> tuple[bool, dict[tuple[int, int], tuple[int, int]]]:
-    """Wait until the workers neither move bytes nor use CPU (see ``SETTLE_*``); return
-    (settled, the sockets' counters at the end)."""
+def wait_quiet(pids: Sequence[int], tracker: TcpTracker, timeout: float) -> bool:
+    """Wait until the workers neither move bytes nor use CPU (see ``SETTLE_*``); False: timed out."""
     deadline = time.monotonic() + timeout
-    last = workers_tcp(pids)
-    last_ticks = cpu_ticks(pids)
+    last, last_ticks = tracker.update(pids), cpu_ticks(pids)
     while True:
         time.sleep(SETTLE_WINDOW)
-        now = workers_tcp(pids)
-        ticks = cpu_ticks(pids)
-        sent, received, _ = tcp_delta(last, now)
-        if sent + received < SETTLE_BYTES and ticks - last_ticks < SETTLE_TICKS:
-            return True, now
+        now, ticks = tracker.update(pids), cpu_ticks(pids)
+        if now - last < SETTLE_BYTES and ticks - last_ticks < SETTLE_TICKS:
+            return True
         if time.monotonic() > deadline:
-            return False, now
+            return False
         last, last_ticks = now, ticks
 
 
@@ -262,15 +283,18 @@ def run_round(
         background = (redis_info.bytes() - b0) / args.background
     tag = uuid.uuid4().hex[:4]
     names = [f"roll-{variant}-{tag}-{i + 1}@bench" for i in range(k)]
-    tcp_before = workers_tcp(neighbour_pids)
+    tracker = TcpTracker(neighbour_pids)
+    neighbours_ticks = cpu_ticks(neighbour_pids)
     broker_before = redis_info.bytes() if redis_info else None
     started = time.monotonic()
     workers: list[Worker] = []
     try:
         for name in names:  # Popen only: the K processes start within a few ms
             workers.append(bench.cluster.start(name, wait=False, **VARIANT_START[variant]))
+        pids = neighbour_pids + [w.pid for w in workers]
         ready_at: dict[str, float] = {}
         deadline = started + args.ready_timeout
+        next_sample = started
         while len(ready_at) < k:
             for w in workers:
                 if w.nodename in ready_at:
@@ -279,18 +303,22 @@ def run_round(
                     ready_at[w.nodename] = time.monotonic() - started
                 elif w.proc.poll() is not None or time.monotonic() > deadline:
                     w.wait_ready(0)  # raises with its log
+            if time.monotonic() >= next_sample:  # sockets closed before the end keep their bytes
+                tracker.update(pids)
+                next_sample += SETTLE_WINDOW
             time.sleep(0.05)
         all_ready = time.monotonic() - started
-        pids = neighbour_pids + [w.pid for w in workers]
         broker_at_ready = redis_info.bytes() if redis_info else None
-        tcp_at_ready = sum(tcp_delta(tcp_before, workers_tcp(pids))[:2])
-        settled, tcp_after = wait_quiet(pids, args.settle_timeout)
+        tcp_at_ready = tracker.update(pids)
+        settled = wait_quiet(pids, tracker, args.settle_timeout)
         broker_after = redis_info.bytes() if redis_info else None
         window = time.monotonic() - started
-        sent, received, closed = tcp_delta(tcp_before, tcp_after)
+        neighbours_ticks = cpu_ticks(neighbour_pids) - neighbours_ticks
+        newcomer_ticks = [cpu_ticks([w.pid]) for w in workers]
+        sent, received = tracker.totals()
         # Counted after the bytes: each inspect revoked reply carries the R ids through the broker.
         results = []
-        for w in workers:
+        for w, ticks in zip(workers, newcomer_ticks, strict=True):
             lines = w.mingle_lines()
             if not lines:
                 raise RuntimeError(f"{w.nodename}: no mingle line\n{w.tail()}")
@@ -309,6 +337,7 @@ def run_round(
                     learned,
                     extra,
                     merged,
+                    ticks * 1000 / mb.CLK_TCK,
                     [msg[:120] for _, msg in lines],
                 )
             )
@@ -328,14 +357,23 @@ def run_round(
             sent,
             received,
             tcp_at_ready,
-            closed,
+            tracker.closed,
+            neighbours_ticks * 1000 / mb.CLK_TCK,
             results,
         )
     finally:
         for w in workers:
             bench.cluster.stop_node(w.nodename, signal.SIGKILL)
-            w.log_path.unlink(missing_ok=True)
-            w.out_path.unlink(missing_ok=True)
+            keep_log(w, args.logs)
+
+
+def keep_log(worker: Worker, logs: Path | None) -> None:
+    """Move the worker's log to ``logs`` (``--logs``), or delete it."""
+    if logs is not None and worker.log_path.exists():
+        logs.mkdir(parents=True, exist_ok=True)
+        shutil.move(worker.log_path, logs / worker.log_path.name)
+    worker.log_path.unlink(missing_ok=True)
+    worker.out_path.unlink(missing_ok=True)
 
 
 def run_broker(broker: str, url: str, root: Path, args: argparse.Namespace, out: list[Round]) -> None:
@@ -343,7 +381,11 @@ def run_broker(broker: str, url: str, root: Path, args: argparse.Namespace, out:
     redis_info = RedisInfo(url) if broker == "redis" else None
     try:
         log(f"[{broker}] starting {args.neighbours} neighbours")
-        bench.set_neighbours(args.neighbours)
+        while len(bench.neighbours) < args.neighbours:  # as BrokerBench.set_neighbours, with a log level
+            name = f"neighbour{len(bench.neighbours) + 1}@bench"
+            bench.neighbours.append(
+                bench.cluster.start(name, conf=mb.FAST, timeout=60, loglevel=args.neighbour_loglevel)
+            )
         ids = [str(uuid.uuid4()) for _ in range(args.revoked)]
         if ids:
             log(f"[{broker}] revoking {len(ids)} ids; waiting until every neighbour lists all of them")
@@ -356,18 +398,24 @@ def run_broker(broker: str, url: str, root: Path, args: argparse.Namespace, out:
                     out.append(r)
                     walls = [n.wall_ms for n in r.newcomer_results]
                     learned = [n.ids_learned for n in r.newcomer_results]
+                    alone = sum(n.nodes_synced == 0 for n in r.newcomer_results)
                     log(
                         f"[{broker} N={r.neighbours} K={k} R={r.revoked} #{rep + 1}] {variant:5} "
                         f"wall median {statistics.median(walls):6.0f} ms max {max(walls):6.0f} ms, "
-                        f"ids min {min(learned)}/{r.revoked}, broker {_mib(r.broker_bytes)} MiB, "
-                        f"tcp {_mib(r.tcp_bytes)} MiB, all ready {r.all_ready_s:.1f} s, "
-                        f"window {r.window_s:.1f} s{'' if r.settled else ' (not settled)'}"
+                        f"ids min {min(learned)}/{r.revoked} ({sum(n < r.revoked for n in learned)} short, "
+                        f"{alone} all alone), broker {_mib(r.broker_bytes)} MiB, "
+                        f"tcp {_mib(r.tcp_bytes)} MiB, neighbours' cpu {r.neighbours_cpu_ms / 1000:.1f} s, "
+                        f"all ready {r.all_ready_s:.1f} s, window {r.window_s:.1f} s"
+                        + ("" if r.settled else " (not settled)")
                     )
             dead = [w.nodename for w in bench.neighbours if w.proc.poll() is not None]
             if dead:
                 raise RuntimeError(f"neighbours died: {dead}")
     finally:
+        neighbours = list(bench.neighbours)
         bench.close()
+        for worker in neighbours:
+            keep_log(worker, args.logs)
         if redis_info is not None:
             redis_info.forget(str(bench.cluster.config["control_exchange"]))
             redis_info.close()
@@ -409,6 +457,7 @@ def cell(rounds: Sequence[Round]) -> dict[str, Any]:
         "ready": statistics.median(r.all_ready_s for r in rounds),
         "broker": statistics.median(broker) if broker else None,
         "tcp": statistics.median(r.tcp_bytes for r in rounds),
+        "cpu": statistics.median(r.neighbours_cpu_ms for r in rounds) / 1000,
         "through": statistics.median(r.bytes_through_broker for r in rounds),
     }
 
@@ -426,12 +475,13 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
         "`inspect revoked`; nodes = the N of its `mingle: sync with N nodes`; all ready = start to the "
         "last `ready.`; broker MiB = Redis `INFO stats` net input+output (server wide) on Redis, the "
         "workers' TCP bytes on RabbitMQ; workers' TCP MiB = bytes sent+received by the sockets of the "
-        "neighbours and newcomers (kernel tcp_info); both from the start of the newcomers until the "
-        "workers are quiet again.",
+        "neighbours and newcomers (kernel tcp_info); neighbours' CPU = utime+stime of the N neighbours "
+        "(answering the hellos); all three from the start of the newcomers until the workers are quiet "
+        "again.",
         "",
         "| broker | N | K | R | variant | wall median ms | wall max ms | ids learned (min/R) | all got R "
-        "| nodes | all ready s | broker MiB | workers' TCP MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| nodes | all ready s | broker MiB | workers' TCP MiB | neighbours' CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (broker, n, k, r_ids), by_variant in groups(rounds):
         for variant, rs in by_variant.items():
@@ -441,15 +491,15 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
             out.append(
                 f"| {broker} | {n} | {k} | {r_ids} | {variant} | {c['wall_median']:.0f} "
                 f"| {c['wall_max']:.0f} | {c['ids_min']}/{r_ids} | {all_got} | {nodes} | {c['ready']:.1f} "
-                f"| {_mib(c['through'])} | {_mib(c['tcp'])} |"
+                f"| {_mib(c['through'])} | {_mib(c['tcp'])} | {c['cpu']:.2f} |"
             )
     out += [
         "",
         "Ratios stock / fast (> 1 means fast is lower).",
         "",
         "| broker | N | K | R | wall median stock/fast | wall max stock/fast | broker bytes stock/fast "
-        "| workers' TCP stock/fast |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workers' TCP stock/fast | neighbours' CPU stock/fast |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (broker, n, k, r_ids), by_variant in groups(rounds):
         if "stock" not in by_variant or "fast" not in by_variant:
@@ -458,7 +508,7 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
         out.append(
             f"| {broker} | {n} | {k} | {r_ids} | {_ratio(s['wall_median'], f['wall_median'])} "
             f"| {_ratio(s['wall_max'], f['wall_max'])} | {_ratio(s['through'], f['through'])} "
-            f"| {_ratio(s['tcp'], f['tcp'])} |"
+            f"| {_ratio(s['tcp'], f['tcp'])} | {_ratio(s['cpu'], f['cpu'])} |"
         )
     notes = []
     background = [r.background_bytes_per_s for r in rounds if r.background_bytes_per_s is not None]
@@ -472,7 +522,10 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
         notes.append(f"Not quiet before --settle-timeout (bytes counted until then): {', '.join(unsettled)}.")
     closed = sum(r.sockets_closed for r in rounds)
     if closed:
-        notes.append(f"{closed} worker socket(s) closed during a round: their bytes are not in workers' TCP.")
+        notes.append(
+            f"{closed} worker socket(s) closed during a round: workers' TCP misses what they moved after "
+            "their last sample (sampled every 0.5 s)."
+        )
     return "\n".join(out + (["", *notes] if notes else []))
 
 
@@ -496,6 +549,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for all K to be ready")
     p.add_argument("--settle-timeout", type=float, default=60.0, help="seconds for the workers to be quiet")
     p.add_argument("--json", type=Path, help="also write every round, every newcomer, to this JSON file")
+    p.add_argument("--logs", type=Path, help="keep the workers' log files in this folder")
+    p.add_argument("--neighbour-loglevel", default="INFO", help="e.g. DEBUG: when each hello was answered")
     p.add_argument("--python", default=sys.executable, help="the Python that runs the workers")
     args = p.parse_args(argv)
     args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
