@@ -70,6 +70,12 @@ READY = re.compile(r"^\[[^]]*\] .*\bready\.", re.M)
 #: ``mingle: sync with 16 nodes`` (stock counts the non-empty replies, this package the neighbours).
 SYNC_WITH = re.compile(r"^mingle: sync with (\d+) nodes")
 
+#: ``[2026-11-27 13:08:24,855: INFO/MainProcess] sync with roll-stock-6b78-8@bench``: a neighbour
+#: takes a hello (stock's handler logs it before it builds the reply; this package's wraps it).
+TOOK_HELLO = re.compile(r"^\[(?P<ts>[\d\- :]+,\d{3}): \w+/[\w-]+\] sync with (?P<node>\S+)$", re.M)
+#: Stock's and this package's default ``mingle_hello_timeout``.
+HELLO_TIMEOUT = 1.0
+
 #: A round is over once, over one ``SETTLE_WINDOW``, the workers' sockets moved fewer than
 #: ``SETTLE_BYTES`` and the workers used fewer than ``SETTLE_TICKS`` CPU ticks (all together).
 SETTLE_WINDOW = 0.5
@@ -209,6 +215,9 @@ class Newcomer:
     ids_extra: int  # ids it lists that were not revoked by this bench (should be 0)
     ids_merged: int | None  # mingle_status last.ids_merged (this package only)
     cpu_ms: float  # its utime+stime once the workers are quiet (imports included: ~1 s)
+    #: per neighbour: seconds from its "mingle: searching" line until that neighbour took its
+    #: (first) hello, from the neighbour's "sync with <newcomer>" log line; None: never taken
+    hello_waits_s: list[float | None]
     lines: list[str] = field(default_factory=list)
 
 
@@ -257,6 +266,29 @@ def wait_quiet(pids: Sequence[int], tracker: TcpTracker, timeout: float) -> bool
         last, last_ticks = now, ticks
 
 
+def log_sizes(workers: Sequence[Worker]) -> list[int]:
+    return [w.log_path.stat().st_size if w.log_path.exists() else 0 for w in workers]
+
+
+def hello_waits(
+    neighbours: Sequence[Worker], offsets: Sequence[int], searching: dict[str, float]
+) -> dict[str, list[float | None]]:
+    """``{newcomer: [seconds from its "mingle: searching" line until each neighbour took its
+    (first) hello, None: not taken]}``, from the neighbours' log lines written since ``offsets``."""
+    waits: dict[str, list[float | None]] = {name: [] for name in searching}
+    for worker, offset in zip(neighbours, offsets, strict=True):
+        with open(worker.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        took: dict[str, float] = {}
+        for m in TOOK_HELLO.finditer(text):
+            if m["node"] in searching and m["node"] not in took:
+                took[m["node"]] = mb.log_time(m[0]) or 0.0
+        for name, start in searching.items():
+            waits[name].append(took[name] - start if name in took else None)
+    return waits
+
+
 def count_revoked(bench: mb.BrokerBench, nodename: str, expected: set[str]) -> tuple[int, int]:
     """(ids of ``expected`` the node lists in ``inspect revoked``, other ids it lists)."""
     for _ in range(3):  # a reply of 50,000 ids takes a moment; a node that does not answer is asked again
@@ -284,6 +316,7 @@ def run_round(
     tag = uuid.uuid4().hex[:4]
     names = [f"roll-{variant}-{tag}-{i + 1}@bench" for i in range(k)]
     tracker = TcpTracker(neighbour_pids)
+    offsets = log_sizes(bench.neighbours)
     neighbours_ticks = cpu_ticks(neighbour_pids)
     broker_before = redis_info.bytes() if redis_info else None
     started = time.monotonic()
@@ -316,10 +349,14 @@ def run_round(
         neighbours_ticks = cpu_ticks(neighbour_pids) - neighbours_ticks
         newcomer_ticks = [cpu_ticks([w.pid]) for w in workers]
         sent, received = tracker.totals()
+        mingle_lines = {w.nodename: w.mingle_lines() for w in workers}
+        waits = hello_waits(
+            bench.neighbours, offsets, {name: lines[0][0] for name, lines in mingle_lines.items() if lines}
+        )
         # Counted after the bytes: each inspect revoked reply carries the R ids through the broker.
         results = []
         for w, ticks in zip(workers, newcomer_ticks, strict=True):
-            lines = w.mingle_lines()
+            lines = mingle_lines[w.nodename]
             if not lines:
                 raise RuntimeError(f"{w.nodename}: no mingle line\n{w.tail()}")
             sync = next((SYNC_WITH.match(msg) for _, msg in lines if SYNC_WITH.match(msg)), None)
@@ -338,6 +375,7 @@ def run_round(
                     extra,
                     merged,
                     ticks * 1000 / mb.CLK_TCK,
+                    waits[w.nodename],
                     [msg[:120] for _, msg in lines],
                 )
             )
@@ -399,11 +437,15 @@ def run_broker(broker: str, url: str, root: Path, args: argparse.Namespace, out:
                     walls = [n.wall_ms for n in r.newcomer_results]
                     learned = [n.ids_learned for n in r.newcomer_results]
                     alone = sum(n.nodes_synced == 0 for n in r.newcomer_results)
+                    taken = sorted(w for n in r.newcomer_results for w in n.hello_waits_s if w is not None)
+                    hellos = sum(len(n.hello_waits_s) for n in r.newcomer_results)
                     log(
                         f"[{broker} N={r.neighbours} K={k} R={r.revoked} #{rep + 1}] {variant:5} "
                         f"wall median {statistics.median(walls):6.0f} ms max {max(walls):6.0f} ms, "
                         f"ids min {min(learned)}/{r.revoked} ({sum(n < r.revoked for n in learned)} short, "
-                        f"{alone} all alone), broker {_mib(r.broker_bytes)} MiB, "
+                        f"{alone} all alone), hellos taken after median "
+                        f"{statistics.median(taken) if taken else 0:.2f} s max {max(taken, default=0):.2f} s "
+                        f"({hellos - len(taken)} of {hellos} not taken), broker {_mib(r.broker_bytes)} MiB, "
                         f"tcp {_mib(r.tcp_bytes)} MiB, neighbours' cpu {r.neighbours_cpu_ms / 1000:.1f} s, "
                         f"all ready {r.all_ready_s:.1f} s, window {r.window_s:.1f} s"
                         + ("" if r.settled else " (not settled)")
@@ -458,6 +500,8 @@ def cell(rounds: Sequence[Round]) -> dict[str, Any]:
         "broker": statistics.median(broker) if broker else None,
         "tcp": statistics.median(r.tcp_bytes for r in rounds),
         "cpu": statistics.median(r.neighbours_cpu_ms for r in rounds) / 1000,
+        "in_time": sum(w is not None and w <= HELLO_TIMEOUT for n in newcomers for w in n.hello_waits_s),
+        "hellos": sum(len(n.hello_waits_s) for n in newcomers),
         "through": statistics.median(r.bytes_through_broker for r in rounds),
     }
 
@@ -472,7 +516,9 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
     out = [
         f"{repeat} round(s) per row; wall = first to last `mingle:` line of each newcomer (median and max "
         "over the newcomers of the row); ids learned = the fewest of the R ids any newcomer lists in "
-        "`inspect revoked`; nodes = the N of its `mingle: sync with N nodes`; all ready = start to the "
+        "`inspect revoked`; nodes = the N of its `mingle: sync with N nodes`; hellos taken within 1 s = "
+        "(newcomer, neighbour) pairs where the neighbour logged `sync with <newcomer>` at most 1 s (the "
+        "hello timeout) after the newcomer's `mingle: searching`; all ready = start to the "
         "last `ready.`; broker MiB = Redis `INFO stats` net input+output (server wide) on Redis, the "
         "workers' TCP bytes on RabbitMQ; workers' TCP MiB = bytes sent+received by the sockets of the "
         "neighbours and newcomers (kernel tcp_info); neighbours' CPU = utime+stime of the N neighbours "
@@ -480,8 +526,9 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
         "again.",
         "",
         "| broker | N | K | R | variant | wall median ms | wall max ms | ids learned (min/R) | all got R "
-        "| nodes | all ready s | broker MiB | workers' TCP MiB | neighbours' CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| nodes | hellos taken within 1 s | all ready s | broker MiB | workers' TCP MiB "
+        "| neighbours' CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (broker, n, k, r_ids), by_variant in groups(rounds):
         for variant, rs in by_variant.items():
@@ -490,7 +537,8 @@ def report(rounds: Sequence[Round], repeat: int) -> str:
             nodes = f"{c['nodes'][0]}" if c["nodes"][0] == c["nodes"][1] else "{}-{}".format(*c["nodes"])
             out.append(
                 f"| {broker} | {n} | {k} | {r_ids} | {variant} | {c['wall_median']:.0f} "
-                f"| {c['wall_max']:.0f} | {c['ids_min']}/{r_ids} | {all_got} | {nodes} | {c['ready']:.1f} "
+                f"| {c['wall_max']:.0f} | {c['ids_min']}/{r_ids} | {all_got} | {nodes} "
+                f"| {c['in_time']}/{c['hellos']} | {c['ready']:.1f} "
                 f"| {_mib(c['through'])} | {_mib(c['tcp'])} | {c['cpu']:.2f} |"
             )
     out += [

@@ -100,6 +100,7 @@ def test_tiny_rollout_prints_a_well_formed_table(tmp_path: Path) -> None:
         assert cell["ids learned (min/R)"] == "100/100", row
         assert cell["all got R"] == "yes", row
         assert float(cell["wall median ms"]) <= float(cell["wall max ms"])
+        assert cell["hellos taken within 1 s"].endswith("/4"), row  # K x N (newcomer, neighbour) pairs
         assert float(cell["broker MiB"]) > 0 and float(cell["workers' TCP MiB"]) > 0
 
     _, ratio_rows = table(lines, "| broker | N | K | R | wall median stock/fast |")
@@ -116,5 +117,6 @@ def test_tiny_rollout_prints_a_well_formed_table(tmp_path: Path) -> None:
             assert n["ids_learned"] == 100 and n["ids_extra"] == 0, n
             assert n["lines"][0] == "mingle: searching for neighbors", n
             assert n["nodes_synced"] >= 2, n  # both neighbours (and maybe the other newcomer)
+            assert len(n["hello_waits_s"]) == 2 and None not in n["hello_waits_s"], n  # both took it
     names = [n["nodename"] for r in rounds for n in r["newcomer_results"]]
     assert len(set(names)) == len(names)  # new node names each round
