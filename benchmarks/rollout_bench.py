@@ -16,6 +16,8 @@ Measured per round (see ``benchmarks/README.md`` for the method and its error):
 - wall: per newcomer, from its first ``mingle:`` log line to its last (log timestamps);
   the median and the max over the K newcomers;
 - ids learned: per newcomer, how many of the R ids its ``inspect revoked`` lists (counted);
+- hello waits: per newcomer and neighbour, from the newcomer's ``mingle: searching`` line to the
+  neighbour's ``sync with <newcomer>`` line (a ``-P solo`` neighbour takes hellos one at a time);
 - broker bytes: on Redis, ``INFO stats`` ``total_net_input_bytes + total_net_output_bytes``
   before the newcomers start and once the workers are quiet again (server wide); on both
   brokers, the TCP payload bytes sent and received by the workers' sockets over the same
