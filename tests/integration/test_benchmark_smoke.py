@@ -1,7 +1,7 @@
-"""The benchmark script still runs: its quickest mode against real workers on Redis.
+"""The benchmark scripts still run: their quickest modes against real workers on Redis.
 
 No timing is asserted (the machine may be loaded); only that every variant was
-measured, against its neighbour, and that the tables are well formed.
+measured, against its neighbours, and that the tables are well formed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from tests.support import services
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "mingle_bench.py"
+ROLLOUT = SCRIPT.with_name("rollout_bench.py")
 VARIANTS = ("stock", "default", "fast")
 
 
@@ -73,3 +74,49 @@ def test_quick_benchmark_prints_a_well_formed_table(tmp_path: Path) -> None:
     for m in results:
         assert m["lines"][0] == "mingle: searching for neighbors", m
         assert any(line.startswith("mingle: sync with 1 nodes") for line in m["lines"]), m
+
+
+@pytest.mark.redis
+def test_tiny_rollout_prints_a_well_formed_table(tmp_path: Path) -> None:
+    """2 neighbours holding 100 ids, 2 newcomers at once per variant: each learns the 100 ids."""
+    services.require("redis")
+    out_json = tmp_path / "rollout.json"
+    args = ["--neighbours", "2", "--newcomers", "2", "--revoked", "100", "--background", "0"]
+    proc = subprocess.run(
+        [sys.executable, str(ROLLOUT), *args, "--json", str(out_json)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("celery "), proc.stdout
+
+    header, rows = table(lines, "| broker | N | K | R | variant |")
+    assert [row[4] for row in rows] == ["stock", "fast"]
+    for row in rows:
+        cell = dict(zip(header, row, strict=True))
+        assert (cell["broker"], cell["N"], cell["K"], cell["R"]) == ("redis", "2", "2", "100")
+        assert cell["ids learned (min/R)"] == "100/100", row
+        assert cell["all got R"] == "yes", row
+        assert float(cell["wall median ms"]) <= float(cell["wall max ms"])
+        assert cell["hellos taken within 1 s"].endswith("/4"), row  # K x N (newcomer, neighbour) pairs
+        assert float(cell["broker MiB"]) > 0 and float(cell["workers' TCP MiB"]) > 0
+
+    _, ratio_rows = table(lines, "| broker | N | K | R | wall median stock/fast |")
+    assert len(ratio_rows) == 1
+    for ratio in ratio_rows[0][4:]:
+        assert ratio == "-" or float(ratio.rstrip("x")) > 0, ratio_rows
+
+    rounds = json.loads(out_json.read_text())
+    assert [r["variant"] for r in rounds] == ["stock", "fast"]
+    for r in rounds:
+        assert len(r["newcomer_results"]) == 2, r
+        assert len({n["nodename"] for n in r["newcomer_results"]}) == 2
+        for n in r["newcomer_results"]:
+            assert n["ids_learned"] == 100 and n["ids_extra"] == 0, n
+            assert n["lines"][0] == "mingle: searching for neighbors", n
+            assert n["nodes_synced"] >= 2, n  # both neighbours (and maybe the other newcomer)
+            assert len(n["hello_waits_s"]) == 2 and None not in n["hello_waits_s"], n  # both took it
+    names = [n["nodename"] for r in rounds for n in r["newcomer_results"]]
+    assert len(set(names)) == len(names)  # new node names each round
