@@ -29,6 +29,12 @@ logger = logging.getLogger("mingle_plugins")
 #: The longest a single ``drain_events`` call blocks while collecting replies.
 _SLICE = 0.25
 
+#: How many hello timeouts a newcomer waits for the full list it asked one node for. That node
+#: answered the digest round moments before: it is alive, and late only when it is busy (many
+#: newcomers at once, a loaded host). Asking the next node then would make one more node busy
+#: sending a full list, and the first one's would still come, to be thrown away.
+FULL_LIST_PATIENCE = 5
+
 
 def _publish_to_queue(
     mailbox: Any,
@@ -138,7 +144,9 @@ class HelloCollector:
         if replies is not None:
             self._add_malformed(replies, Malformed(decode_error_reason(exc)))
 
-    def _publish(self, arguments: dict[str, Any], destination: list[str] | None, ticket: str) -> None:
+    def _publish(
+        self, arguments: dict[str, Any], destination: list[str] | None, ticket: str, timeout: float
+    ) -> None:
         self._published = True
         if self.options.reply_queue is None:
             # The call Celery's broadcast makes, without its collector; our own producer
@@ -149,7 +157,7 @@ class HelloCollector:
                 arguments,
                 destination,
                 ticket,
-                self.options.timeout,
+                timeout,
                 Producer(self.chan, auto_declare=False),  # type: ignore[no-untyped-call]
             )
         else:
@@ -160,10 +168,12 @@ class HelloCollector:
                 destination,
                 ticket,
                 self.reply_queue,
-                self.options.timeout,
+                timeout,
             )
 
-    def ask(self, arguments: Mapping[str, Any], destination: list[str] | None = None) -> dict[str, Any]:
+    def ask(
+        self, arguments: Mapping[str, Any], destination: list[str] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Send ``hello`` (to ``destination``, or to all) and collect its replies by node name.
 
         Stock Celery (kombu ``Mailbox._broadcast``) waits ``timeout`` after every
@@ -177,12 +187,13 @@ class HelloCollector:
         reply under a node name that answered already is kept (:class:`Duplicates`).
         """
         options = self.options
+        timeout = options.timeout if timeout is None else timeout
         ticket = uuid()
         replies: dict[str, Any] = {}
         self._requests[ticket] = replies
         own = arguments.get("from_node")
         with compat.count_fanout_receivers(self.connection, self.chan) as receivers:
-            self._publish(dict(arguments), destination, ticket)
+            self._publish(dict(arguments), destination, ticket, timeout)
         expected = options.expected_replies
         if destination:
             expected = len(destination)
@@ -204,9 +215,9 @@ class HelloCollector:
             # the collection open, as they do in kombu's collector. With a known count only
             # the timeout ends the wait: a busy neighbour may answer later than the window.
             if replies and options.quiet_window is not None and expected is None:
-                until = min(last_reply + options.quiet_window, started + options.timeout)
+                until = min(last_reply + options.quiet_window, started + timeout)
             else:
-                until = last_reply + options.timeout
+                until = last_reply + timeout
             wait = until - time.monotonic()
             if wait <= 0:
                 break
@@ -297,7 +308,9 @@ def _fetch_full_lists(
                 "revoked": None,
                 "mingle": {**ext, "ages": [], "want": "full", "packed": True},
             }
-            full = collector.ask(ask, destination=[node])
+            full = collector.ask(
+                ask, destination=[node], timeout=collector.options.timeout * FULL_LIST_PATIENCE
+            )
             if isinstance(full.get(node), Mapping):
                 replies[node] = full[node]
                 logger.debug(
