@@ -55,18 +55,23 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
         except InvalidReply as exc:  # stock would log the name raw ("sync with <name>")
             logger.warning("mingle: refused a hello request from %s: %s", shown(from_node), exc)
             return None
-        if revoked and from_node != state.hostname:
-            take_request_ids(step, state.consumer, from_node, revoked, mingle)
+        if from_node != state.hostname:
+            step.presence.saw_request(from_node, mingle)
+            if revoked:
+                take_request_ids(step, state.consumer, from_node, revoked, mingle)
         reply = stock_hello(state, from_node, revoked=None, **kwargs)
         if reply is None or not isinstance(mingle, Mapping):
             return reply
         revoked_set = state.consumer.controller.state.revoked
-        return protocol.extend_reply(
+        extended = protocol.extend_reply(
             reply,
             mingle,
             state.hostname,
             step.settings.hmac_keys,
             ages=lambda ids: compat.revoked_ages(revoked_set, ids),
         )
+        # Outside the signature: a count that ends a collection early, as any reply can on Redis.
+        extended["mingle"].update(step.presence.reply_fields())
+        return extended
 
     return hello
