@@ -183,9 +183,13 @@ class PresenceCount:
                 cut = cut or more
         self.present = present
         unsure = "a counted neighbour's list of uncounted nodes was cut" if cut else ""
+        replied = {node for node, _ in items}
         awaited: list[str] = []
         for node in named:
             if node in present or node == self.own:
+                continue
+            if node in replied:  # no need to ask whether it listens
+                awaited.append(node)
                 continue
             alive = self._check(node)
             if alive is None:
@@ -193,7 +197,6 @@ class PresenceCount:
             elif alive:
                 awaited.append(node)
         self.awaited = awaited
-        replied = {node for node, _ in items}
         if len(present) < self.counted or not replied.issuperset(awaited):
             return "wait"
         others = replied - present - set(awaited) - {self.own}

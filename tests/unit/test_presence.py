@@ -72,6 +72,13 @@ def test_a_named_listening_node_is_awaited_and_checked_once() -> None:
     assert rule.awaited == ["stock@x"]
 
 
+def test_a_named_node_that_replied_already_is_not_checked() -> None:
+    listening = Listening()
+    rule = PresenceCount(1, listening)
+    assert rule.phase({"stock@x": STOCK, "a@x": present("stock@x")}) == "done"
+    assert listening.asked == [] and rule.awaited == ["stock@x"]
+
+
 def test_a_named_node_that_does_not_listen_is_not_awaited() -> None:
     rule = PresenceCount(1, Listening(gone_x=False))
     assert rule.phase({"a@x": present("gone@x")}) == "done"
