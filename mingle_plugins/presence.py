@@ -54,8 +54,10 @@ logger = logging.getLogger("mingle_plugins")
 
 #: The most node names a worker keeps (and sends) of the neighbours that are not counted.
 MAX_NAMED = 32
-#: The most named nodes a newcomer checks in one hello; beyond, the quiet window applies.
-MAX_CHECKS = 64
+#: The most named nodes a newcomer checks in one hello (a node that is gone costs a passive
+#: declare, ~1 ms on loopback); beyond, or when a list was cut, it checks none and the quiet
+#: window applies.
+MAX_CHECKS = 32
 #: The presence queue is deleted this long after it was last used without a consumer
 #: (``x-expires``): a guard for a worker that declared it and died before consuming.
 QUEUE_EXPIRES = 60.0
@@ -154,8 +156,6 @@ class PresenceCount:
 
     def _check(self, node: str) -> bool | None:
         if node not in self.checked:
-            if len(self.checked) >= MAX_CHECKS:
-                return None
             alive = self._listening(node)
             self.checked[node] = alive
             state = "cannot be checked" if alive is None else "listens" if alive else "does not listen"
@@ -182,15 +182,21 @@ class PresenceCount:
                 named.update(dict.fromkeys(names))
                 cut = cut or more
         self.present = present
-        unsure = "a counted neighbour's list of uncounted nodes was cut" if cut else ""
         replied = {node for node, _ in items}
+        others = [node for node in named if node not in present and node != self.own]
+        unchecked = [node for node in others if node not in replied and node not in self.checked]
+        unsure = ""
+        if cut:
+            unsure = "a counted neighbour's list of uncounted nodes was cut"
+        elif len(self.checked) + len(unchecked) > MAX_CHECKS:
+            unsure = f"more than {MAX_CHECKS} uncounted nodes named"
         awaited: list[str] = []
-        for node in named:
-            if node in present or node == self.own:
-                continue
+        for node in others:
             if node in replied:  # no need to ask whether it listens
                 awaited.append(node)
                 continue
+            if unsure and node not in self.checked:
+                continue  # the quiet window will cover it: no check that costs as much
             alive = self._check(node)
             if alive is None:
                 unsure = unsure or f"{shown(node)} could not be checked"
@@ -199,9 +205,9 @@ class PresenceCount:
         self.awaited = awaited
         if len(present) < self.counted or not replied.issuperset(awaited):
             return "wait"
-        others = replied - present - set(awaited) - {self.own}
-        if others:
-            unsure = unsure or f"{shown(sorted(others)[0])} replied, neither counted nor named"
+        unknown = replied - present - set(awaited) - {self.own}
+        if unknown:
+            unsure = unsure or f"{shown(sorted(unknown)[0])} replied, neither counted nor named"
         self.unsure = unsure
         return "window" if unsure else "done"
 

@@ -107,6 +107,16 @@ def test_anything_unknown_falls_back_to_the_quiet_window(replies: dict[str, Any]
     assert reason in rule.unsure
 
 
+def test_too_many_names_or_a_cut_list_are_not_checked() -> None:
+    listening = Listening()
+    many = [f"s{i}@x" for i in range(MAX_NAMED)]
+    rule = PresenceCount(2, listening)
+    assert rule.phase({"a@x": present(*many[:20]), "b@x": present(*many[10:], "s99@x")}) == "window"
+    assert "more than 32 uncounted nodes named" in rule.unsure and listening.asked == []
+    rule = PresenceCount(1, listening)
+    assert rule.phase({"a@x": present("s1@x", more=True)}) == "window" and listening.asked == []
+
+
 def test_a_reply_that_comes_in_during_a_check_is_judged() -> None:
     replies: dict[str, Any] = {"a@x": present("stock@x")}
 
