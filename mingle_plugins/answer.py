@@ -71,7 +71,7 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
             ages=lambda ids: compat.revoked_ages(revoked_set, ids),
         )
         # Outside the signature: a count that ends a collection early, as any reply can on Redis.
-        extended["mingle"].update(step.presence.reply_fields())
+        extended["mingle"].update(step.presence.answer_fields(state.consumer))
         return extended
 
     return hello

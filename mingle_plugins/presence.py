@@ -28,7 +28,9 @@ P = 0 (no queue: the broker answers 404), or a count the broker will not give
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from celery import bootsteps
@@ -40,12 +42,16 @@ from .checks import InvalidReply, check_nodename, shown
 from .control import CONTROL_STEP
 
 __all__ = [
+    "MAX_CHECKS",
     "MAX_NAMED",
+    "REVERIFY_AFTER",
+    "VERIFY_AFTER",
     "PresenceCount",
     "PresenceState",
     "PresenceStep",
     "SideChannel",
     "count_consumers",
+    "pidbox_checks",
     "presence_queue",
     "queue_name",
 ]
@@ -58,6 +64,10 @@ MAX_NAMED = 32
 #: declare, ~1 ms on loopback); beyond, or when a list was cut, it checks none and the quiet
 #: window applies.
 MAX_CHECKS = 32
+#: A node named by its hello request is checked when this worker answers a hello this long
+#: after (a stock worker listens ~1 s after its hello); one known to listen, after REVERIFY_AFTER.
+VERIFY_AFTER = 5.0
+REVERIFY_AFTER = 300.0
 #: The presence queue is deleted this long after it was last used without a consumer
 #: (``x-expires``): a guard for a worker that declared it and died before consuming.
 QUEUE_EXPIRES = 60.0
@@ -122,6 +132,22 @@ def count_consumers(connection: Any, queue: str) -> int | None:
     side = SideChannel(connection)
     try:
         return side.consumers(queue)
+    finally:
+        side.close()
+
+
+@contextmanager
+def pidbox_checks(connection: Any, mailbox: Any) -> Iterator[Callable[[str], bool | None]]:
+    """``listening(node)``: whether that node's pidbox queue has a consumer (``None``: the broker
+    does not say), by passive declares on one side channel, closed after."""
+    side = SideChannel(connection)
+
+    def listening(node: str) -> bool | None:
+        count = side.consumers(mailbox.get_queue(node).name)
+        return None if count is None else count > 0
+
+    try:
+        yield listening
     finally:
         side.close()
 
@@ -218,12 +244,24 @@ class PresenceState:
     ``queue`` is ``None`` when the worker does not take part (no
     ``mingle_presence``, not AMQP, or mingle off): then it neither joins nor
     keeps names.
+
+    A node that replied to this worker's hello is known to listen. A node named
+    by its hello request is not yet (a stock worker starts listening about 1 s
+    after its hello, once its own mingle is done): when this worker answers a
+    hello :data:`VERIFY_AFTER` seconds later or more, it asks once whether that
+    node's pidbox queue has a consumer, and forgets it if not (a worker that
+    stopped soon after it started); a node known to listen is asked again after
+    :data:`REVERIFY_AFTER`. So the names a newcomer has to check are mostly the
+    ones that still listen.
     """
 
     def __init__(self, queue: str | None = None) -> None:
         self.queue = queue
-        #: the nodes not counted that this worker saw, oldest first
-        self.uncounted: dict[str, None] = {}
+        #: the nodes not counted that this worker saw, oldest first, with when they were last
+        #: known to be there (``time.monotonic()``)
+        self.uncounted: dict[str, float] = {}
+        #: those of them named by a hello request, not yet seen listening
+        self.unverified: set[str] = set()
         #: whether names were dropped to keep :data:`MAX_NAMED`
         self.cut = False
         self._consumer: Any = None
@@ -240,41 +278,80 @@ class PresenceState:
 
     # -- the names of the neighbours that are not counted ------------------------------
 
-    def _saw(self, node: Any, counted: bool) -> None:
+    def _saw(self, node: Any, counted: bool, listens: bool) -> None:
         try:
             name = check_nodename(node)
         except InvalidReply:
             return
         self.uncounted.pop(name, None)
+        self.unverified.discard(name)
         if counted:
             return
-        self.uncounted[name] = None
+        self.uncounted[name] = time.monotonic()
+        if not listens:
+            self.unverified.add(name)
         while len(self.uncounted) > MAX_NAMED:
-            del self.uncounted[next(iter(self.uncounted))]
+            oldest = next(iter(self.uncounted))
+            del self.uncounted[oldest]
+            self.unverified.discard(oldest)
             self.cut = True
 
     def saw_request(self, node: Any, ext: Any) -> None:
         """A hello request: its sender is counted once it said so (``mingle.presence``)."""
         if self.enabled:
-            self._saw(node, isinstance(ext, Mapping) and ext.get("presence") is True)
+            self._saw(node, isinstance(ext, Mapping) and ext.get("presence") is True, listens=False)
 
     def saw_replies(self, replies: Mapping[str, Any], own: str) -> None:
         """The replies to this worker's hello: the nodes that did not say they are counted."""
         if self.enabled:
             for node, body in replies.items():
                 if node != own and body:
-                    self._saw(node, _flags(body)[0])
+                    self._saw(node, _flags(body)[0], listens=True)
 
-    def reply_fields(self) -> dict[str, Any]:
-        """What this worker adds to the ``mingle`` block of its replies while it is counted."""
+    def verify(self, listening: Callable[[str], bool | None], now: float | None = None) -> None:
+        """Ask whether the names that are due still listen (see the class); forget those that do not."""
+        now = time.monotonic() if now is None else now
+        due = [
+            name
+            for name, since in self.uncounted.items()
+            if now - since >= (VERIFY_AFTER if name in self.unverified else REVERIFY_AFTER)
+        ]
+        for name in due:
+            alive = listening(name)
+            self.unverified.discard(name)
+            if alive is False:
+                del self.uncounted[name]
+                logger.debug("mingle: %s no longer listens: not named any more", shown(name))
+            else:  # it listens, or the broker would not say: kept
+                self.uncounted[name] = now
+
+    def reply_fields(self, listening: Callable[[str], bool | None] | None = None) -> dict[str, Any]:
+        """What this worker adds to the ``mingle`` block of its replies while it is counted
+        (the names due are checked first with ``listening``, when given)."""
         if not self.present:
             return {}
+        if listening is not None:
+            self.verify(listening)
         fields: dict[str, Any] = {"present": True}
         if self.uncounted:
             fields["uncounted"] = list(self.uncounted)
         if self.cut:
             fields["uncounted_more"] = True
         return fields
+
+    def answer_fields(self, consumer: Any) -> dict[str, Any]:
+        """:meth:`reply_fields` for a reply of this worker's ``hello`` handler, the names due
+        checked on the worker consumer's connection (not with a green pool: its pidbox runs in
+        a thread of its own, on another connection)."""
+        connection = getattr(consumer, "connection", None)
+        if (
+            not self.present
+            or connection is None
+            or getattr(getattr(consumer, "pool", None), "is_green", False)
+        ):
+            return self.reply_fields()
+        with pidbox_checks(connection, consumer.app.control.mailbox) as listening:
+            return self.reply_fields(listening)
 
     # -- the consumer ------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from mingle_plugins.checks import Duplicates
 from mingle_plugins.control import CONTROL_STEP
 from mingle_plugins.presence import (
     MAX_NAMED,
+    REVERIFY_AFTER,
+    VERIFY_AFTER,
     PresenceCount,
     PresenceState,
     PresenceStep,
@@ -149,6 +151,43 @@ def test_state_names_the_neighbours_that_are_not_counted() -> None:
     state.saw_request("stock@x", {"presence": True})  # the name now belongs to a counted worker
     assert "stock@x" not in state.uncounted
     assert state.reply_fields() == {}  # not consuming the queue: says nothing
+
+
+def test_state_forgets_a_named_node_that_stopped_listening() -> None:
+    state = PresenceState("q")
+    state.saw_request("gone@x", None)  # a stock worker that stopped soon after its hello
+    state.saw_request("alive@x", None)
+    state.saw_request("odd@x", None)
+    state.saw_replies({"replied@x": STOCK}, "me@x")  # it replied: it listens
+    listening = Listening(alive_x=True, odd_x=None)
+    start = state.uncounted["gone@x"]
+    state.verify(listening, now=start + VERIFY_AFTER - 1)
+    assert listening.asked == []  # too early: it may still be in its own mingle
+    state.verify(listening, now=start + VERIFY_AFTER + 1)
+    assert sorted(listening.asked) == ["alive@x", "gone@x", "odd@x"]
+    assert list(state.uncounted) == ["alive@x", "odd@x", "replied@x"] and not state.unverified
+    listening.asked.clear()
+    state.verify(listening, now=start + VERIFY_AFTER + 2)
+    assert listening.asked == []  # known to listen: asked again only after REVERIFY_AFTER
+    state.verify(listening, now=start + REVERIFY_AFTER + VERIFY_AFTER + 2)
+    assert sorted(listening.asked) == ["alive@x", "odd@x", "replied@x"]
+    assert list(state.uncounted) == ["alive@x", "odd@x"]
+
+
+def test_answer_fields_check_the_names_due_on_the_consumer_connection(consumer: Any) -> None:
+    state = PresenceState("q")
+    state._consumer = object()  # as after join
+    state.saw_request("gone@x", None)
+    state.uncounted["gone@x"] -= VERIFY_AFTER + 1
+    state.saw_request("new@x", None)
+    exchange = consumer.app.conf.control_exchange
+    consumer.connection = fake_connection({f"gone@x.{exchange}.pidbox": Refused(404)})
+    assert state.answer_fields(consumer) == {"present": True, "uncounted": ["new@x"]}
+    assert consumer.connection.channels[0].declared == [(f"gone@x.{exchange}.pidbox", True)]
+    assert consumer.connection.channels[0].closed
+    consumer.pool = SimpleNamespace(is_green=True)  # its pidbox has a connection of its own
+    state.uncounted["new@x"] -= VERIFY_AFTER + 1
+    assert state.answer_fields(consumer)["uncounted"] == ["new@x"] and len(consumer.connection.channels) == 1
 
 
 def test_state_keeps_a_bounded_list_and_says_when_it_was_cut() -> None:
