@@ -247,12 +247,12 @@ class PresenceState:
 
     A node that replied to this worker's hello is known to listen. A node named
     by its hello request is not yet (a stock worker starts listening about 1 s
-    after its hello, once its own mingle is done): when this worker answers a
-    hello :data:`VERIFY_AFTER` seconds later or more, it asks once whether that
-    node's pidbox queue has a consumer, and forgets it if not (a worker that
-    stopped soon after it started); a node known to listen is asked again after
-    :data:`REVERIFY_AFTER`. So the names a newcomer has to check are mostly the
-    ones that still listen.
+    after its hello, once its own mingle is done): right after this worker
+    answers a hello :data:`VERIFY_AFTER` seconds later or more, it asks once
+    whether that node's pidbox queue has a consumer, and forgets it if not (a
+    worker that stopped soon after it started); a node known to listen is asked
+    again after :data:`REVERIFY_AFTER`. So the names newcomers have to check are
+    mostly the ones that still listen.
     """
 
     def __init__(self, queue: str | None = None) -> None:
@@ -264,6 +264,7 @@ class PresenceState:
         self.unverified: set[str] = set()
         #: whether names were dropped to keep :data:`MAX_NAMED`
         self.cut = False
+        self._verifying = False
         self._consumer: Any = None
         self._channel: Any = None
 
@@ -308,15 +309,17 @@ class PresenceState:
                 if node != own and body:
                     self._saw(node, _flags(body)[0], listens=True)
 
-    def verify(self, listening: Callable[[str], bool | None], now: float | None = None) -> None:
-        """Ask whether the names that are due still listen (see the class); forget those that do not."""
-        now = time.monotonic() if now is None else now
-        due = [
+    def _due(self, now: float) -> list[str]:
+        return [
             name
             for name, since in self.uncounted.items()
             if now - since >= (VERIFY_AFTER if name in self.unverified else REVERIFY_AFTER)
         ]
-        for name in due:
+
+    def verify(self, listening: Callable[[str], bool | None], now: float | None = None) -> None:
+        """Ask whether the names that are due still listen (see the class); forget those that do not."""
+        now = time.monotonic() if now is None else now
+        for name in self._due(now):
             alive = listening(name)
             self.unverified.discard(name)
             if alive is False:
@@ -325,13 +328,10 @@ class PresenceState:
             else:  # it listens, or the broker would not say: kept
                 self.uncounted[name] = now
 
-    def reply_fields(self, listening: Callable[[str], bool | None] | None = None) -> dict[str, Any]:
-        """What this worker adds to the ``mingle`` block of its replies while it is counted
-        (the names due are checked first with ``listening``, when given)."""
+    def reply_fields(self) -> dict[str, Any]:
+        """What this worker adds to the ``mingle`` block of its replies while it is counted."""
         if not self.present:
             return {}
-        if listening is not None:
-            self.verify(listening)
         fields: dict[str, Any] = {"present": True}
         if self.uncounted:
             fields["uncounted"] = list(self.uncounted)
@@ -340,18 +340,30 @@ class PresenceState:
         return fields
 
     def answer_fields(self, consumer: Any) -> dict[str, Any]:
-        """:meth:`reply_fields` for a reply of this worker's ``hello`` handler, the names due
-        checked on the worker consumer's connection (not with a green pool: its pidbox runs in
-        a thread of its own, on another connection)."""
-        connection = getattr(consumer, "connection", None)
+        """:meth:`reply_fields` for a reply of this worker's ``hello`` handler. The names due are
+        checked after the reply is sent (the newcomer checks the ones it gets itself), in the
+        worker's event loop on the consumer's connection; without an event loop (green pools,
+        whose pidbox runs in a thread of its own) they are not checked."""
+        fields = self.reply_fields()
+        hub = getattr(consumer, "hub", None)
         if (
-            not self.present
-            or connection is None
-            or getattr(getattr(consumer, "pool", None), "is_green", False)
+            fields
+            and hub is not None
+            and not self._verifying
+            and getattr(consumer, "connection", None) is not None
+            and self._due(time.monotonic())
         ):
-            return self.reply_fields()
-        with pidbox_checks(connection, consumer.app.control.mailbox) as listening:
-            return self.reply_fields(listening)
+            self._verifying = True
+            hub.call_soon(self._verify_on, consumer)
+        return fields
+
+    def _verify_on(self, consumer: Any) -> None:
+        self._verifying = False
+        try:
+            with pidbox_checks(consumer.connection, consumer.app.control.mailbox) as listening:
+                self.verify(listening)
+        except Exception as exc:  # never in the way of the worker
+            logger.debug("mingle: checking the uncounted nodes failed: %r", exc)
 
     # -- the consumer ------------------------------------------------------------------
 

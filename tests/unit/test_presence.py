@@ -174,7 +174,7 @@ def test_state_forgets_a_named_node_that_stopped_listening() -> None:
     assert list(state.uncounted) == ["alive@x", "odd@x"]
 
 
-def test_answer_fields_check_the_names_due_on_the_consumer_connection(consumer: Any) -> None:
+def test_answer_fields_check_the_names_due_after_the_reply(consumer: Any) -> None:
     state = PresenceState("q")
     state._consumer = object()  # as after join
     state.saw_request("gone@x", None)
@@ -182,12 +182,20 @@ def test_answer_fields_check_the_names_due_on_the_consumer_connection(consumer: 
     state.saw_request("new@x", None)
     exchange = consumer.app.conf.control_exchange
     consumer.connection = fake_connection({f"gone@x.{exchange}.pidbox": Refused(404)})
-    assert state.answer_fields(consumer) == {"present": True, "uncounted": ["new@x"]}
+    soon: list[Any] = []
+    consumer.hub = SimpleNamespace(call_soon=lambda fn, *args: soon.append((fn, args)))
+    # The reply names both; the check runs after it, in the event loop, once however many hellos.
+    assert state.answer_fields(consumer) == {"present": True, "uncounted": ["gone@x", "new@x"]}
+    assert state.answer_fields(consumer)["uncounted"] == ["gone@x", "new@x"]
+    assert len(soon) == 1 and consumer.connection.channels == []
+    fn, args = soon.pop()
+    fn(*args)
     assert consumer.connection.channels[0].declared == [(f"gone@x.{exchange}.pidbox", True)]
     assert consumer.connection.channels[0].closed
-    consumer.pool = SimpleNamespace(is_green=True)  # its pidbox has a connection of its own
+    assert state.answer_fields(consumer)["uncounted"] == ["new@x"]
+    consumer.hub = None  # no event loop (a green pool): nothing checked
     state.uncounted["new@x"] -= VERIFY_AFTER + 1
-    assert state.answer_fields(consumer)["uncounted"] == ["new@x"] and len(consumer.connection.channels) == 1
+    assert state.answer_fields(consumer)["uncounted"] == ["new@x"] and not soon
 
 
 def test_state_keeps_a_bounded_list_and_says_when_it_was_cut() -> None:
