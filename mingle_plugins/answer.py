@@ -64,8 +64,10 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
         except InvalidReply as exc:  # stock would log the name raw ("sync with <name>")
             logger.warning("mingle: refused a hello request from %s: %s", shown(from_node), exc)
             return None
-        if revoked and from_node != state.hostname:
-            take_request_ids(step, state.consumer, from_node, revoked, mingle)
+        if from_node != state.hostname:
+            step.presence.saw_request(from_node, mingle)
+            if revoked:
+                take_request_ids(step, state.consumer, from_node, revoked, mingle)
         if (
             stock_hello is stock_control.hello
             and isinstance(mingle, Mapping)
@@ -77,7 +79,7 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
         if reply is None or not isinstance(mingle, Mapping):
             return reply
         revoked_set = state.consumer.controller.state.revoked
-        return protocol.extend_reply(
+        extended = protocol.extend_reply(
             reply,
             mingle,
             state.hostname,
@@ -85,5 +87,8 @@ def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., A
             ages=lambda ids: compat.revoked_ages(revoked_set, ids),
             digest_of=lambda: digests.of(compat.revoked_stamps_view(revoked_set).keys()),
         )
+        # Outside the signature: a count that ends a collection early, as any reply can on Redis.
+        extended["mingle"].update(step.presence.answer_fields(state.consumer))
+        return extended
 
     return hello

@@ -22,6 +22,7 @@ from .control import install_handlers
 from .diagnostics import decide_transport, load_transport
 from .model import HelloOptions, MingleSummary, Reply
 from .parsers import parse_seconds
+from .presence import PresenceState, queue_name
 from .rounds import MingleRound
 from .runner import PluginHung
 
@@ -65,6 +66,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.enabled = not without_mingle and self.compatible_transport(c.app)
         if without_mingle:
             debug("mingle: disabled by --without-mingle")
+        #: The presence queue on AMQP (``mingle_presence``; joined by :class:`~.presence.PresenceStep`).
+        take_part = self.enabled and self.settings.presence and self.driver_type == "amqp"
+        self.presence = PresenceState(queue_name(c.app) if take_part else None)
         super().__init__(c, without_mingle=without_mingle, **kwargs)
 
     def _size_revoked_set(self, c: Any) -> None:
@@ -150,6 +154,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 error("mingle: hello failed, going on without mingling: %r", exc)
                 summary.skipped = f"hello failed: {exc!r:.200}"
                 replies = {}
+            self.presence.saw_replies(replies, c.hostname)
             try:
                 replies.update(self.extra_replies(c, replies))
             except Exception as exc:  # a source must not stop the mingle
@@ -211,6 +216,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             digest=s.digest,
             nonce=secrets.token_hex(16) if s.hmac_keys else None,
             signing_key=s.hmac_keys[0] if s.hmac_keys else None,
+            presence_queue=self.presence.queue,
         )
         for name in ("timeout", "quiet_window", "polling_interval"):
             value = getattr(options, name)

@@ -21,6 +21,7 @@ from kombu.utils.uuid import uuid
 from . import compat, protocol
 from .checks import Duplicates, Malformed, body_problem, decode_error_reason, shown
 from .model import HelloOptions
+from .presence import PresenceCount, SideChannel
 
 __all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
 
@@ -93,6 +94,8 @@ class HelloCollector:
         self._consumer: Any = None
         self._published = False
         self._saved_interval: Any = None
+        #: passive declares (the presence count, named nodes' pidbox queues), on AMQP only
+        self._side: SideChannel | None = None
 
     def __enter__(self) -> HelloCollector:
         transport = self.connection.transport
@@ -103,6 +106,8 @@ class HelloCollector:
 
     def __exit__(self, *exc_info: object) -> None:
         try:
+            if self._side is not None:
+                self._side.close()
             if self._consumer is not None:
                 self._consumer.cancel()
             if self._published:
@@ -171,8 +176,34 @@ class HelloCollector:
                 timeout,
             )
 
+    def _side_channel(self) -> SideChannel:
+        if self._side is None:
+            self._side = SideChannel(self.connection)
+        return self._side
+
+    def _listening(self, node: str) -> bool | None:
+        """Whether ``node``'s pidbox queue has a consumer (``None``: the broker does not say)."""
+        count = self._side_channel().consumers(self.mailbox.get_queue(node).name)
+        return None if count is None else count > 0
+
+    def _presence_count(self, own: str | None) -> PresenceCount | None:
+        """The rule of :mod:`mingle_plugins.presence`, when the presence queue has consumers."""
+        queue = self.options.presence_queue
+        if queue is None or self.connection.transport.driver_type != "amqp":
+            return None
+        counted = self._side_channel().consumers(queue)
+        if counted is None:
+            logger.info("mingle: cannot count the neighbours in %s: the quiet window ends the hello", queue)
+            return None
+        logger.debug("mingle: %d neighbours counted in the presence queue %s", counted, queue)
+        return PresenceCount(counted, self._listening, own) if counted else None
+
     def ask(
-        self, arguments: Mapping[str, Any], destination: list[str] | None = None, timeout: float | None = None
+        self,
+        arguments: Mapping[str, Any],
+        destination: list[str] | None = None,
+        timeout: float | None = None,
+        again: bool = True,
     ) -> dict[str, Any]:
         """Send ``hello`` (to ``destination``, or to all) and collect its replies by node name.
 
@@ -180,8 +211,10 @@ class HelloCollector:
         reply. Here the collection ends as soon as the expected number of nodes
         replied (``destination``, ``options.expected_replies``, or on Redis the
         number of subscribers the hello reached when ``options.count_receivers``);
-        without a count, ``options.quiet_window`` waits that long after each
-        reply, with ``timeout`` as the bound of the whole collection. A body
+        on AMQP with ``options.presence_queue``, by the rule of
+        :class:`~mingle_plugins.presence.PresenceCount`; without a count,
+        ``options.quiet_window`` waits that long after each reply, with
+        ``timeout`` as the bound of the whole collection. A body
         that cannot hold replies is kept as a :class:`Malformed` under ``"<malformed
         reply N>"``, so that it is rejected with its reason and counted; every
         reply under a node name that answered already is kept (:class:`Duplicates`).
@@ -192,9 +225,12 @@ class HelloCollector:
         replies: dict[str, Any] = {}
         self._requests[ticket] = replies
         own = arguments.get("from_node")
+        expected = options.expected_replies
+        rule = None
+        if not destination and expected is None and options.count_receivers:
+            rule = self._presence_count(own)  # before the hello: a neighbour counted later still answers
         with compat.count_fanout_receivers(self.connection, self.chan) as receivers:
             self._publish(dict(arguments), destination, ticket, timeout)
-        expected = options.expected_replies
         if destination:
             expected = len(destination)
         elif expected is None and options.count_receivers and receivers:
@@ -210,18 +246,31 @@ class HelloCollector:
             self._consumer.on_decode_error = self._on_decode_error
             self._consumer.consume()
         started = last_reply = time.monotonic()
-        while expected is None or len(replies.keys() - {own}) < expected:
+        seen = 0
+        phase = "wait"
+        while True:
+            if len(replies) > seen:
+                seen, last_reply = len(replies), time.monotonic()
             # Time runs from the last *reply*: other frames (AMQP heartbeats) must not keep
             # the collection open, as they do in kombu's collector. With a known count only
             # the timeout ends the wait: a busy neighbour may answer later than the window.
-            if replies and options.quiet_window is not None and expected is None:
-                until = min(last_reply + options.quiet_window, started + timeout)
+            window = bool(replies) and options.quiet_window is not None
+            if expected is not None:
+                if len(replies.keys() - {own}) >= expected:
+                    break
+                window = False
+            elif rule is not None:
+                phase = rule.phase(replies)  # its checks may let replies in: counted above next time
+                if phase == "done":
+                    break
+                window = window and phase == "window"
+            if window:
+                until = min(last_reply + options.quiet_window, started + timeout)  # type: ignore[operator]
             else:
                 until = last_reply + timeout
             wait = until - time.monotonic()
             if wait <= 0:
                 break
-            before = len(replies)
             try:
                 # In slices: py-amqp's drain_events restarts its timeout on every heartbeat
                 # frame, and nobody sends ours while we block (the server then drops us).
@@ -229,12 +278,44 @@ class HelloCollector:
                 self.connection.drain_events(timeout=min(wait, _SLICE))
             except TimeoutError:  # socket.timeout: the loop checks the time
                 continue
-            if len(replies) > before:
-                last_reply = time.monotonic()
         logger.debug(
             "mingle: collected %d replies to %s", len(replies), shown(destination or "the broadcast")
         )
+        if rule is not None:
+            _log_presence(rule, phase, replies)
+        heard = expected if expected is not None else (rule.counted if rule is not None else 0)
+        heard -= own in replies  # this worker's own pidbox (a consumer restart) heard it too
+        if again and not destination and heard and not replies.keys() - {own}:
+            # The broker says nodes got the hello, and none answered in time: busy, as when many
+            # workers start at once (each takes the hellos one after the other). Once more, with
+            # twice the time, rather than start with nothing; a late reply to the first counts too.
+            logger.info(
+                "mingle: %d nodes received the hello, none answered within %gs: asking once more",
+                heard,
+                timeout,
+            )
+            late = replies
+            replies = self.ask(arguments, None, timeout * 2, again=False)
+            for node, body in late.items():
+                replies.setdefault(node, body)
         return replies
+
+
+def _log_presence(rule: PresenceCount, phase: str, replies: Mapping[str, Any]) -> None:
+    if phase == "done":
+        how = "the count, without the quiet window"
+    elif phase == "window":
+        how = f"the quiet window ({rule.unsure})"
+    else:
+        how = "the timeout"
+    logger.debug(
+        "mingle: presence: %d of %d counted neighbours and %d of %d named ones replied; ended by %s",
+        len(rule.present),
+        rule.counted,
+        len(set(rule.awaited) & replies.keys()),
+        len(rule.awaited),
+        how,
+    )
 
 
 def read_reply_message(message: Any) -> dict[str, Any] | Malformed:
@@ -279,6 +360,8 @@ def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[s
             )
     if options.digest:
         ext["want"] = "digest"
+    if options.presence_queue:
+        ext["presence"] = True  # this worker will be counted: its neighbours need not name it
     arguments["mingle"] = ext
     with HelloCollector(app, connection, options) as collector:
         replies = collector.ask(arguments)

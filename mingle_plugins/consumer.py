@@ -8,7 +8,9 @@ Why not just add a step: the blueprint's dependency graph is keyed by class,
 and ``Tasks.requires`` and ``Gossip.requires`` name the stock ``Mingle`` class,
 so a replacement added with ``app.steps`` loses or breaks depending on the
 hash seed. This blueprint resolves every dependency on the stock step to ours
-while it builds its own graph; no Celery class is changed.
+while it builds its own graph; no Celery class is changed. It adds one step,
+:class:`mingle_plugins.presence.PresenceStep` (after remote control; it does
+something only with ``mingle_presence`` on AMQP).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = ["Blueprint", "Consumer"]
 
 _STOCK_STEP = "celery.worker.consumer.mingle:Mingle"
 _OUR_STEP = "mingle_plugins.bootstep:Mingle"
+_PRESENCE_STEP = "mingle_plugins.presence:PresenceStep"
 
 
 class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]
@@ -34,6 +37,8 @@ class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]
     """
 
     default_steps = [_OUR_STEP if s == _STOCK_STEP else s for s in StockConsumer.Blueprint.default_steps]
+    # After remote control: a worker counted in the presence queue answers hellos (AMQP only).
+    default_steps.append(_PRESENCE_STEP)
 
     #: The step that stands in for the stock Mingle step.
     mingle_step: type[Mingle] = Mingle

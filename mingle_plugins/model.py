@@ -60,6 +60,15 @@ class HelloOptions:
             transports whose direct-exchange bindings live in each process's
             memory (kombu's ``pgmq``), where replies sent to the stock reply
             exchange are dropped. ``None``: the stock reply exchange and queue.
+        presence_queue: on AMQP with ``mingle_presence``, the presence queue this
+            worker joins after its mingle (:mod:`mingle_plugins.presence`); the
+            hello request says so (``mingle.presence``). With ``count_receivers``
+            and no ``expected_replies``, the broadcast first reads how many
+            neighbours consume that queue, and ends once they (and the uncounted
+            neighbours they name) replied. ``None``: no presence.
+
+    .. versionchanged:: 0.2
+       ``presence_queue``.
     """
 
     timeout: float = 1.0
@@ -72,6 +81,7 @@ class HelloOptions:
     nonce: str | None = None
     signing_key: str | None = field(default=None, repr=False)
     reply_queue: str | None = None
+    presence_queue: str | None = None
 
     def allow_late_replies(self, window: float, reply_polling_interval: float | None = None) -> None:
         """For polling transports, whose neighbours answer up to ``window`` s after the hello.

@@ -28,6 +28,15 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   its ``revoked``). So an id revoked at T expires at T + expiry everywhere,
   whatever the number of mingles.
 
+- ``"presence": true`` (on AMQP with ``mingle_presence``): the sender will
+  consume the presence queue after its mingle, so others need not name it. A
+  worker that consumes that queue adds ``"present": true`` to its reply's
+  ``mingle``, and ``"uncounted": [node, ...]`` (``"uncounted_more": true``
+  when its list was cut): the nodes it saw that are not counted (stock
+  workers, workers without presence). These are not signed: like any reply
+  on Redis, where the count is the number of node names, they can end a
+  collection early but never add an id (:mod:`mingle_plugins.presence`).
+
 A stock newcomer never sends ``mingle``, so it always gets a stock reply.
 """
 

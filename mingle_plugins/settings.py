@@ -64,6 +64,7 @@ FAST_PROFILE: dict[str, Any] = {
     "quiet_window": 0.05,
     "merge": "bulk",
     "digest": True,
+    "presence": True,
 }
 
 T = TypeVar("T")
@@ -92,8 +93,9 @@ class MingleSettings:
     )
     profile: str = setting(
         "stock",
-        "`'fast'` sets the defaults of `mingle_expect_replies`, `mingle_quiet_window`, `mingle_merge` "
-        "and `mingle_digest` to `True`, `0.05`, `'bulk'`, `True`; a setting given explicitly still wins.",
+        "`'fast'` sets the defaults of `mingle_expect_replies`, `mingle_quiet_window`, `mingle_merge`, "
+        "`mingle_digest` and `mingle_presence` to `True`, `0.05`, `'bulk'`, `True`, `True`; a setting "
+        "given explicitly still wins.",
         choice("stock", "fast"),
     )
     hello_timeout: float = setting(
@@ -124,6 +126,14 @@ class MingleSettings:
         False,
         "Ask neighbours running this package for a digest of their ids first, then the full list "
         "from one node per digest this worker does not have.",
+        boolean,
+    )
+    presence: bool = setting(
+        False,
+        "On RabbitMQ (AMQP): after its mingle, the worker consumes the presence queue "
+        "`<control_exchange>.mingle.presence`, so that newcomers can count it; with "
+        "`mingle_expect_replies`, a newcomer reads that count and ends its hello once the counted "
+        "neighbours (and the uncounted ones they name) replied, without the quiet window.",
         boolean,
     )
     plugin_timeout: float = setting(

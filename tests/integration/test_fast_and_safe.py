@@ -119,3 +119,30 @@ def test_hostile_hello_request_is_not_merged(make_cluster, redis_url: str) -> No
         "hello", arguments={"from_node": "friend@req", "revoked": ["fine-id"]}, reply=True, timeout=2
     )
     assert cluster.revoked("target@req") == mine | {"fine-id"}
+
+
+def test_a_counted_hello_nobody_answered_in_time_is_sent_once_more(make_cluster, redis_url: str) -> None:
+    """Many workers starting at once keep every neighbour busy past the 1 s hello timeout: the
+    broker says the hello was received, so the newcomer asks again instead of starting with
+    nothing (here: the only neighbour frozen for 1.4 s)."""
+    import os
+    import signal
+    import threading
+
+    cluster = make_cluster(redis_url, FAST)
+    busy = cluster.start("busy@fast")
+    ids = revoke_on(cluster, busy.nodename)
+    os.killpg(busy.proc.pid, signal.SIGSTOP)
+    thaw = threading.Timer(1.4, os.killpg, (busy.proc.pid, signal.SIGCONT))
+    try:
+        newcomer = cluster.start("new@fast", wait=False, loglevel="DEBUG")
+        newcomer.wait_for("mingle: searching")
+        thaw.start()
+        newcomer.wait_ready()
+    finally:
+        thaw.cancel()
+        os.killpg(busy.proc.pid, signal.SIGCONT)
+    log = newcomer.log()
+    assert "mingle: 1 nodes received the hello, none answered within 1s: asking once more" in log
+    assert "mingle: summary: 1 neighbours, 1 accepted, 4 ids merged" in log
+    assert ids <= cluster.revoked("new@fast")

@@ -41,6 +41,7 @@ def test_order_for_many_hash_seeds() -> None:
         pos = {name.rsplit(".", 1)[-1]: i for i, name in enumerate(order)}
         assert pos["Events"] < pos["Mingle"] < pos["Tasks"] < pos["Control"], (seed, order)
         assert pos["Mingle"] < pos["Gossip"], (seed, order)
+        assert pos["Control"] < pos["PresenceStep"] < pos["Evloop"], (seed, order)
         assert pos["Evloop"] == len(order) - 1, (seed, order)
 
 
