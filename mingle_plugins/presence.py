@@ -15,11 +15,14 @@ before the hello. The collection rule (:class:`PresenceCount`):
    waited for);
 2. the counted neighbours name the nodes they know that are not counted
    (``mingle.uncounted``: stock workers and workers of this package without
-   presence, seen by their hello request or their reply); each named node whose
-   pidbox queue has a consumer (a passive declare) is awaited the same way;
+   presence, seen by their hello request or their reply; see
+   :class:`PresenceState` for how they forget the ones that left); each named
+   node that has not replied yet and whose pidbox queue has a consumer (a
+   passive declare) is awaited the same way;
 3. then the hello ends at once, unless a reply came from a node neither counted
-   nor named, a name could not be checked, or a list was cut: then the quiet
-   window runs after the last reply, as without presence.
+   nor named, a name could not be checked, a list was cut or more than
+   :data:`MAX_CHECKS` names are to be checked: then the quiet window runs after
+   the last reply, as without presence.
 
 P = 0 (no queue: the broker answers 404), or a count the broker will not give
 (permissions, a channel or connection error): the quiet window, as before.
