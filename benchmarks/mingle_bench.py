@@ -560,6 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_broker(broker, BROKERS[broker], Path(tmp), args, results)
     if args.json:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=1))
+    print_versions(started)
+    print(report(results, args.repeat))
+    return 0
+
+
+def print_versions(started: float) -> None:
+    """What ran: the versions, the machine's CPUs, the run time and the code measured."""
     import celery
     import kombu
 
@@ -569,8 +576,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(code_state())
     print()
-    print(report(results, args.repeat))
-    return 0
 
 
 if __name__ == "__main__":

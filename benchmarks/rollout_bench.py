@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -636,15 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=1,
             )
         )
-    import celery
-    import kombu
-
-    print(
-        f"celery {celery.__version__}, kombu {kombu.__version__}, python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} cpus, run time {time.monotonic() - started:.0f} s"
-    )
-    print(mb.code_state())
-    print()
+    mb.print_versions(started)
     print(report(rounds, args.repeat))
     return 0
 

@@ -35,19 +35,20 @@ def table(lines: list[str], header_start: str) -> tuple[list[str], list[list[str
     return header, rows
 
 
+def run_script(script: Path, args: list[str]) -> list[str]:
+    """Run a benchmark script to the end; its stdout lines (the first names the versions)."""
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("celery "), proc.stdout
+    return lines
+
+
 @pytest.mark.redis
 def test_quick_benchmark_prints_a_well_formed_table(tmp_path: Path) -> None:
     services.require("redis")
     out_json = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out_json)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("celery "), proc.stdout
+    lines = run_script(SCRIPT, ["--quick", "--json", str(out_json)])
 
     header, rows = table(lines, "| broker | N | R | variant |")
     assert header[:4] == ["broker", "N", "R", "variant"]
@@ -82,15 +83,7 @@ def test_tiny_rollout_prints_a_well_formed_table(tmp_path: Path) -> None:
     services.require("redis")
     out_json = tmp_path / "rollout.json"
     args = ["--neighbours", "2", "--newcomers", "2", "--revoked", "100", "--background", "0"]
-    proc = subprocess.run(
-        [sys.executable, str(ROLLOUT), *args, "--json", str(out_json)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("celery "), proc.stdout
+    lines = run_script(ROLLOUT, [*args, "--json", str(out_json)])
 
     header, rows = table(lines, "| broker | N | K | R | variant |")
     assert [row[4] for row in rows] == ["stock", "fast"]
