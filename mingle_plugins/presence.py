@@ -68,9 +68,11 @@ MAX_NAMED = 32
 #: window applies.
 MAX_CHECKS = 32
 #: A node named by its hello request is checked when this worker answers a hello this long
-#: after (a stock worker listens ~1 s after its hello); one known to listen, after REVERIFY_AFTER.
+#: after (a stock worker listens ~1 s after its hello); one known to listen, after REVERIFY_AFTER
+#: (each check of a queue that is gone, or another connection's exclusive one, is an error line
+#: in RabbitMQ's log).
 VERIFY_AFTER = 5.0
-REVERIFY_AFTER = 300.0
+REVERIFY_AFTER = 3600.0
 #: The presence queue is deleted this long after it was last used without a consumer
 #: (``x-expires``): a guard for a worker that declared it and died before consuming.
 QUEUE_EXPIRES = 60.0
