@@ -2,12 +2,12 @@
 
 Decoding, checking and merging 50,000 ids makes a few hundred thousand tuples,
 lists and dicts. Each 700 new container objects start a collection of the
-youngest generation, and every tenth of those an older one; in a worker whose
-heap holds a million objects (Celery, kombu, the app's tasks), the oldest
-generation's collections made the merge of 50,000 ids take ~100 ms more than
-the same code in a small process. Nothing made here holds a reference cycle,
-so pausing the collector for the length of one reply costs nothing it would
-have found.
+youngest generation, and every tenth of those an older one; in a worker, whose
+heap holds far more objects than a small benchmark process (Celery, kombu, the
+app's tasks), those collections made the bulk merge of 50,000 ids take ~70 ms
+instead of ~40 (measured from a newcomer's DEBUG log). The ids, tuples and
+dicts made here hold no reference cycle; whatever a plugin makes meanwhile is
+collected once the collector resumes.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ A newcomer running this package may add a ``mingle`` argument to the stock
 
 - ``"packed": true`` (with ``want: "full"``): the ids travel as one
   newline-joined string, ``mingle.ids``, and ``revoked`` is empty (the
-  list form when an id holds a newline). Encoding and decoding 50,000 ids as
-  a JSON list costs ~60 ms on the two sides; as one string, a few ms.
+  list form when an id holds a newline). One JSON string instead of 50,000:
+  measured with their ages, 21 ms of encoding and decoding instead of 27.
 - ``"ages": [A, ...]``: the age of each id the request carries, in seconds
   since it was revoked (the same on every host, unlike ``time.monotonic()``
   stamps); a neighbour running this package merges the ids with those ages,
@@ -75,7 +75,7 @@ def digest(ids: Iterable[str]) -> str:
     ordered = sorted(ids)
     if not ordered:
         return hashlib.sha256(b"").hexdigest()
-    joined = "\n".join(ordered) + "\n"  # one hash update: a tenth of the time of one per id
+    joined = "\n".join(ordered) + "\n"  # one hash update, not two per id: 15 ms, not 29, for 50,000
     return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -105,8 +105,8 @@ class DigestCache:
 
 
 def pack_ids(ids: Sequence[str]) -> str | None:
-    """The ids as one newline-joined string (a tenth of the JSON work of a list of 50,000
-    strings, both ways), or ``None`` when an id holds a newline and the list must travel."""
+    """The ids as one newline-joined string (one JSON string to encode and decode instead of
+    50,000), or ``None`` when an id holds a newline and the list must travel."""
     joined = "\n".join(ids)
     if joined.count("\n") != max(0, len(ids) - 1):
         return None
