@@ -218,6 +218,8 @@ class HelloCollector:
         that cannot hold replies is kept as a :class:`Malformed` under ``"<malformed
         reply N>"``, so that it is rejected with its reason and counted; every
         reply under a node name that answered already is kept (:class:`Duplicates`).
+        A broadcast that the count says was received and that nobody answered within
+        ``timeout`` is sent once more (``again``), with twice the time.
         """
         options = self.options
         timeout = options.timeout if timeout is None else timeout
