@@ -9,10 +9,12 @@ entry-point group.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
 from .loader import MinglePluginManager, PluginRecord, get_plugin_manager
-from .markers import ENTRY_POINT_GROUP, hookimpl, hookspec
-from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, WorkerConsumer
+from .markers import ENTRY_POINT_GROUP, fail_closed, hookimpl, hookspec
+from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, Verdicts, WorkerConsumer
 from .parsers import (
     Parser,
     boolean,
@@ -44,10 +46,13 @@ __all__ = [
     "RevokeOutcome",
     "SettingsError",
     "SettingsRegistry",
+    "Verdicts",
     "WorkerConsumer",
     "boolean",
     "choice",
+    "fail_closed",
     "get_plugin_manager",
+    "hello_exchange",
     "hookimpl",
     "hookspec",
     "load_settings",
@@ -61,4 +66,17 @@ __all__ = [
     "transport_option_seconds",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def hello_exchange(
+    consumer: WorkerConsumer, revoked: Any, options: HelloOptions, verdicts: Verdicts | None = None
+) -> dict[str, Any]:
+    """The core's pidbox hello (broadcast, digest round), each reply judged by ``verdicts``:
+    for a transport plugin's ``mingle_send_hello`` that only tunes the connection or options.
+
+    .. versionadded:: 0.2
+    """
+    from .collect import hello_exchange as exchange  # kombu's messaging: only when a hello is sent
+
+    return exchange(consumer, revoked, options, verdicts)

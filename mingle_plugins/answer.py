@@ -13,7 +13,9 @@ stock reply.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
@@ -22,6 +24,7 @@ from celery.worker import control as stock_control
 from . import compat, protocol
 from .bulk import gc_paused
 from .checks import InvalidReply, check_nodename, shown
+from .model import Reply
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -35,19 +38,32 @@ def take_request_ids(step: Mingle, consumer: Any, from_node: Any, revoked: Any, 
     """Put the ids of one hello request through the reply path; log what came of them."""
     rnd = step.new_round(consumer)
     body = {"revoked": revoked, "mingle": ext if isinstance(ext, Mapping) else None}
-    reply = rnd.receive(from_node, body, source="request")
-    if reply is None:  # logged by receive: "rejected the hello request of NODE (ids not merged)"
+    reply = rnd.judge(from_node, body, source="request")
+    if reply is None:  # logged by finish: "rejected the hello request of NODE (ids not merged)"
+        rnd.finish()
         return
+    reply = _aged_since_sent(reply)
     outcome = rnd.merge(reply)
     rnd.accept(reply)
     rnd.finish()
     logger.info(
-        "mingle: hello from %s: %d ids received, %d merged, %d dropped by policy",
+        "mingle: hello from %s: %d ids received, %d merged, %d dropped by policy%s",
         shown(from_node),
         outcome.ids_received,
         outcome.ids_merged,
         outcome.ids_received - outcome.ids_kept,
+        f", {outcome.ids_invalid} invalid ids dropped" if outcome.ids_invalid else "",
     )
+
+
+def _aged_since_sent(reply: Reply) -> Reply:
+    """A signed request's ages count from its signed send time: a request that arrives (or is
+    replayed) later cannot make its ids younger than they are."""
+    sent_at = reply.extension.get("sent_at") if "request_signature" in reply.extension else None
+    late = time.time() - sent_at if isinstance(sent_at, (int, float)) else 0.0
+    if reply.ages is None or late <= 1:
+        return reply
+    return replace(reply, ages={task_id: age + late for task_id, age in reply.ages.items()})
 
 
 def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:

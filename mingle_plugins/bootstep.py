@@ -5,8 +5,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import replace
 from typing import Any
 
 from celery import bootsteps
@@ -20,7 +18,7 @@ from .checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
 from .config import configure
 from .control import install_handlers
 from .diagnostics import decide_transport, load_transport
-from .model import HelloOptions, MingleSummary, Reply
+from .model import HelloOptions, MingleSummary
 from .parsers import parse_seconds
 from .presence import PresenceState, queue_name
 from .rounds import MingleRound
@@ -31,8 +29,8 @@ __all__ = ["Mingle"]
 logger = get_logger(__name__)
 debug, info, warning, error = logger.debug, logger.info, logger.warning, logger.error
 
-#: The round of the mingle in progress in this thread (set by ``sync`` only).
-_ROUND: ContextVar[MingleRound | None] = ContextVar("mingle_round", default=None)
+#: The stock methods a subclass may override to see each reply the stock way.
+_STOCK_REPLY_METHODS = ("on_node_reply", "sync_with_node", "on_clock_event", "on_revoked_received")
 
 
 class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -43,8 +41,13 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     - Sync logical clocks.
     - Sync revoked tasks.
 
-    Same attributes and methods as ``celery.worker.consumer.mingle.Mingle``;
-    a subclass may override any of them.
+    Same attributes and methods as ``celery.worker.consumer.mingle.Mingle``.
+    ``sync`` walks one :class:`~mingle_plugins.rounds.MingleRound`; the stock
+    methods are adapters over a round of their own when called from outside.
+    A subclass that overrides ``on_node_reply``, ``sync_with_node``,
+    ``on_clock_event`` or ``on_revoked_received`` gets each kept reply through
+    them, as stock calls them (the summary then counts what those methods merged
+    through the adapters only).
     """
 
     label = "Mingle"
@@ -119,18 +122,13 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
 
     @contextmanager
     def mingle_round(self, c: Any) -> Iterator[MingleRound]:
-        """The mingle in progress, or a round of its own for a call outside ``sync``."""
-        current = _ROUND.get()
-        if current is not None:
-            yield current
-            return
-        alone = self.new_round(c)
-        token = _ROUND.set(alone)
+        """A round of its own, finished at the end of the block (for tests and embedding:
+        ``rnd.reply(node, body)`` walks one body)."""
+        rnd = self.new_round(c)
         try:
-            yield alone
+            yield rnd
         finally:
-            _ROUND.reset(token)
-            alone.finish()
+            rnd.finish()
 
     def start(self, c: Any) -> None:
         self.sync(c)
@@ -139,42 +137,44 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         with gc_paused():  # replies of 50,000 ids: see mingle_plugins.bulk
             self._sync(c)
 
+    def _overrides_stock_methods(self) -> bool:
+        return any(getattr(type(self), name) is not getattr(Mingle, name) for name in _STOCK_REPLY_METHODS)
+
     def _sync(self, c: Any) -> None:
         rnd = self.new_round(c)
         summary = rnd.summary
-        before = set(c.controller.state.revoked)
-        token = _ROUND.set(rnd)
+        before = set(rnd.held)
+        info("mingle: searching for neighbors")
         try:
-            info("mingle: searching for neighbors")
-            try:
-                replies = self.send_hello(c)
-            except c.connection_errors:
-                raise  # as stock: the consumer reconnects and mingles again
-            except Exception as exc:
-                error("mingle: hello failed, going on without mingling: %r", exc)
-                summary.skipped = f"hello failed: {exc!r:.200}"
-                replies = {}
-            self.presence.saw_replies(replies, c.hostname)
-            try:
-                replies.update(self.extra_replies(c, replies))
-            except Exception as exc:  # a source must not stop the mingle
-                error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
-            if replies:
-                summary.neighbours = [str(node) for node, value in replies.items() if value]
-                info("mingle: sync with %s nodes", len(summary.neighbours))
-                for nodename, reply in replies.items():
-                    if reply:
-                        self.on_node_reply(c, nodename, rnd.choose(nodename, reply))
-                info("mingle: sync complete")
+            replies = self._hello(c, rnd)
+        except c.connection_errors:
+            raise  # as stock: the consumer reconnects and mingles again
+        except Exception as exc:
+            error("mingle: hello failed, going on without mingling: %r", exc)
+            summary.skipped = f"hello failed: {exc!r:.200}"
+            replies = {}
+        self.presence.saw_replies(replies, c.hostname)
+        try:
+            replies.update(self.extra_replies(c, replies, summary.sources_unreached))
+        except Exception as exc:  # a source must not stop the mingle
+            error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
+        if replies:
+            summary.neighbours = [str(node) for node, value in replies.items() if value]
+            info("mingle: sync with %s nodes", len(summary.neighbours))
+            if self._overrides_stock_methods():
+                for nodename, body in replies.items():
+                    if body:
+                        self._stock_path(c, rnd, nodename, body)
             else:
-                info("mingle: all alone")
-        finally:
-            _ROUND.reset(token)
+                rnd.walk(replies)
+            info("mingle: sync complete")
+        else:
+            info("mingle: all alone")
         rnd.finish(before)
         self.last_summary = summary
         info(
             "mingle: summary: %d neighbours, %d accepted, %d ids merged, %d dropped by policy, "
-            "%d rejected, %.3fs%s",
+            "%d rejected, %.3fs%s%s%s",
             len(summary.neighbours),
             len(summary.accepted),
             summary.ids_merged,
@@ -182,6 +182,8 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             len(summary.rejected),
             summary.elapsed,
             f", {summary.ids_over_share} ids over mingle_max_share" if summary.ids_over_share else "",
+            f", {summary.ids_invalid} invalid ids dropped" if summary.ids_invalid else "",
+            f", {len(summary.plugin_faults)} plugin faults" if summary.plugin_faults else "",
         )
         self._send_event(c, summary)
         for _ in self.runner.each(
@@ -241,12 +243,19 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         return checked
 
     def send_hello(self, c: Any) -> dict[str, Any]:
+        """Stock API: the hello of a round of its own; the replies it kept, by node name."""
+        rnd = self.new_round(c)
+        try:
+            return self._hello(c, rnd)
+        finally:
+            rnd.finish()
+
+    def _hello(self, c: Any, rnd: MingleRound) -> dict[str, Any]:
         options = self.hello_options(c)
         if options.expected_replies == 0:
             debug("mingle: the broker says no other node listens; no hello sent")
             return {}
-        with self.mingle_round(c) as rnd:
-            rnd.nonce = options.nonce
+        rnd.nonce = options.nonce
         revoked = compat.revoked_for_hello(c.controller.state)
         try:
             replies = self.runner.first(
@@ -256,6 +265,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
                 timeout=options.timeout,
                 options=options,
                 settings=self.settings,
+                verdicts=rnd,
             )
         except PluginHung:
             return {}
@@ -268,34 +278,36 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         replies.pop(c.hostname, None)  # delete my own response
         return replies
 
-    def extra_replies(self, c: Any, replies: Mapping[str, Any]) -> dict[str, Any]:
+    def extra_replies(
+        self, c: Any, replies: Mapping[str, Any], unreached: list[str] | None = None
+    ) -> dict[str, Any]:
         """The bodies of ``mingle_extra_replies`` (e.g. a revocation store), by source name.
 
-        A source whose body is ``None`` was not reached: it is listed in the summary.
+        A source whose body is ``None`` was not reached: its name goes to ``unreached``.
         """
         extra: dict[str, Any] = {}
-        with self.mingle_round(c) as rnd:
-            for result in self.runner.each("mingle_extra_replies", consumer=c, settings=self.settings):
-                if result.value is None:
-                    continue
-                if not isinstance(result.value, Mapping):
+        for result in self.runner.each("mingle_extra_replies", consumer=c, settings=self.settings):
+            if result.value is None:
+                continue
+            if not isinstance(result.value, Mapping):
+                error(
+                    "mingle: plugin %r returned a %s from mingle_extra_replies, not a mapping; ignored",
+                    result.plugin,
+                    type(result.value).__name__,
+                )
+                continue
+            for name, body in result.value.items():
+                if name in replies or name in extra or name == c.hostname:
                     error(
-                        "mingle: plugin %r returned a %s from mingle_extra_replies, not a mapping; ignored",
+                        "mingle: plugin %r answered as %s, already answered; ignored",
                         result.plugin,
-                        type(result.value).__name__,
+                        shown(name),
                     )
-                    continue
-                for name, body in result.value.items():
-                    if name in replies or name in extra or name == c.hostname:
-                        error(
-                            "mingle: plugin %r answered as %s, already answered; ignored",
-                            result.plugin,
-                            shown(name),
-                        )
-                    elif body is None:
-                        rnd.summary.sources_unreached.append(shown(name, 255))
-                    else:
-                        extra[name] = body
+                elif body is None:
+                    if unreached is not None:
+                        unreached.append(shown(name, 255))
+                else:
+                    extra[name] = body
         return extra
 
     def on_revoke(self, c: Any, ids: tuple[str, ...], terminate: bool) -> None:
@@ -308,53 +320,49 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         except Exception as exc:  # the revoke itself already stands
             error("mingle: mingle_on_revoke failed: %r", exc)
 
+    # -- the stock API: adapters over a round ---------------------------------
+
     def on_node_reply(self, c: Any, nodename: str, reply: Any) -> None:
         debug("mingle: processing reply from %s", shown(nodename))
-        with self.mingle_round(c) as rnd:
-            checked = rnd.receive(nodename, reply)
-            if checked is None:
-                return
-            revoked: Any = dict(checked.stamps) if checked.stamps is not None else list(checked.ids)
-            rnd.current = checked
-            try:
-                self.sync_with_node(c, clock=checked.clock, revoked=revoked, **checked.extra)
-            except MemoryError:
-                raise
-            except Exception as exc:
-                logger.exception("mingle: sync with %s failed: %r", checked.nodename, exc)
-                return
-            finally:
-                rnd.current = None
-            rnd.accept(checked)
+        rnd = self.new_round(c)
+        if self._overrides_stock_methods():
+            self._stock_path(c, rnd, nodename, reply)
+        else:
+            rnd.walk({nodename: reply})
+        rnd.finish()
+
+    def _stock_path(self, c: Any, rnd: MingleRound, nodename: str, body: Any) -> None:
+        """A kept reply through ``sync_with_node`` as stock calls it (for subclasses)."""
+        checked = rnd.judge(nodename, body)
+        if checked is None:
+            return
+        revoked: Any = dict(checked.stamps) if checked.stamps is not None else list(checked.ids)
+        try:
+            self.sync_with_node(c, clock=checked.clock, revoked=revoked, **checked.extra)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            logger.exception("mingle: sync with %s failed: %r", checked.nodename, exc)
+            return
+        rnd.accept(checked)
 
     def sync_with_node(self, c: Any, clock: int | None = None, revoked: Any = None, **kwargs: Any) -> None:
         self.on_clock_event(c, clock)
         self.on_revoked_received(c, revoked)
 
     def on_clock_event(self, c: Any, clock: int | None) -> None:
-        with self.mingle_round(c) as rnd:
-            rnd.adjust_clock(clock, rnd.current)
+        self.new_round(c).adjust_clock(clock, None)
 
     def on_revoked_received(self, c: Any, revoked: Any) -> None:
-        with self.mingle_round(c) as rnd:
-            reply = rnd.current
-            if reply is not None and _same_ids(revoked, reply):
-                rnd.merge(reply)
-                return
-            # Ids given by a subclass, or outside a reply: the same checks first.
-            name = reply.nodename if reply is not None else f"unknown@{c.hostname}"
-            try:
-                given = check_body(name, {"revoked": revoked}, reply_limits(self.settings, rnd.revoked_set))
-            except InvalidReply as exc:
-                rnd.reject(name, str(exc))
-                return
+        """Ids given outside a reply: the same checks, each invalid id dropped, then merged."""
+        rnd = self.new_round(c)
+        name = f"unknown@{c.hostname}"
+        try:
+            given = check_body(name, {"revoked": revoked}, reply_limits(self.settings, rnd.revoked_set))
+        except InvalidReply as exc:
+            rnd.reject(name, str(exc))
+        else:
             if given.ids:
-                base = reply if reply is not None else given
-                rnd.merge(replace(base, ids=given.ids, stamps=given.stamps))
-
-
-def _same_ids(revoked: Any, reply: Reply) -> bool:
-    """Whether ``revoked`` is what ``on_node_reply`` passed for ``reply`` (not a subclass's own)."""
-    if reply.stamps is not None:
-        return isinstance(revoked, dict) and revoked.keys() == reply.stamps.keys()
-    return isinstance(revoked, list) and tuple(revoked) == reply.ids
+                rnd.merge(given)
+                rnd.accept(given)
+        rnd.finish()

@@ -17,21 +17,22 @@ from typing import Any
 
 from .collect import hello_exchange
 from .markers import hookimpl
-from .model import HelloOptions, WorkerConsumer
+from .model import HelloOptions, Verdicts, WorkerConsumer
 
 __all__ = ["mingle_adjust_clock", "mingle_send_hello"]
 
 
 @hookimpl(trylast=True)
 def mingle_send_hello(
-    consumer: WorkerConsumer, revoked: Any, options: HelloOptions
+    consumer: WorkerConsumer, revoked: Any, options: HelloOptions, verdicts: Verdicts
 ) -> Mapping[str, Any] | None:
-    """The stock pidbox ``hello`` broadcast, collected as ``options`` say.
+    """The stock pidbox ``hello`` broadcast, collected as ``options`` say, each reply judged as
+    it arrives.
 
     With the default settings this is exactly the stock hello; see
     :func:`mingle_plugins.collect.hello_exchange` for what the options change.
     """
-    return hello_exchange(consumer, revoked, options)
+    return hello_exchange(consumer, revoked, options, verdicts)
 
 
 @hookimpl(trylast=True)

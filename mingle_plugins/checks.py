@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_NODENAME_LENGTH",
-    "Duplicates",
     "InvalidReply",
     "Malformed",
     "ReplayGuard",
@@ -34,6 +33,7 @@ __all__ = [
     "check_nodename",
     "check_reply",
     "check_trust",
+    "valid_ids",
     "body_problem",
     "decode_error_reason",
     "reply_limits",
@@ -56,10 +56,6 @@ class Malformed:
     """A reply message that could not be used at all (undecodable, empty, not a mapping)."""
 
     reason: str
-
-
-class Duplicates(list[Any]):
-    """The bodies received under one node name in one hello, in arrival order."""
 
 
 def decode_error_reason(exc: BaseException) -> str:
@@ -129,11 +125,37 @@ def check_nodename(name: object) -> str:
     return name
 
 
-def _check_id(task_id: Any, limits: ReplyLimits) -> None:
+def _id_problem(task_id: Any, limits: ReplyLimits) -> str | None:
+    """Why ``task_id`` is not a task id this worker keeps, or ``None``."""
     if type(task_id) is not str:
-        raise InvalidReply(f"revoked id {task_id!r:.60} is a {type(task_id).__name__}, not a string")
+        return f"revoked id {task_id!r:.60} is a {type(task_id).__name__}, not a string"
     if not task_id or len(task_id) > limits.max_id_length:
-        raise InvalidReply(f"revoked id of length {len(task_id)} is outside 1..{limits.max_id_length}")
+        return f"revoked id of length {len(task_id)} is outside 1..{limits.max_id_length}"
+    return None
+
+
+def valid_ids(ids: Any, limits: ReplyLimits) -> tuple[list[Any], list[str]]:
+    """The ids of ``ids`` this worker keeps, in order, and the reasons of those it drops.
+
+    Three C-level passes over 50,000 ids when all are valid; a pass per id only
+    when one is not.
+    """
+    ids = list(ids)
+    if not ids or (
+        set(map(type, ids)) == {str}
+        and 1 <= min(map(len, ids))
+        and max(map(len, ids)) <= limits.max_id_length
+    ):
+        return ids, []
+    kept: list[Any] = []
+    problems: list[str] = []
+    for task_id in ids:
+        problem = _id_problem(task_id, limits)
+        if problem is None:
+            kept.append(task_id)
+        else:
+            problems.append(problem)
+    return kept, problems
 
 
 def _stamp(value: Any) -> float:
@@ -161,10 +183,23 @@ def _check_clock(clock: Any, limits: ReplyLimits) -> int | None:
     return clock
 
 
+def _age_problem(age: Any) -> bool:
+    return isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12
+
+
 def check_body(
     nodename: object, body: Any, limits: ReplyLimits, source: Literal["reply", "request"] = "reply"
 ) -> Reply:
-    """Check one reply body (or the fields of a hello request) whole; return its :class:`Reply`."""
+    """Check one reply body (or the fields of a hello request); return its :class:`Reply`.
+
+    A body whose structure is broken (not a mapping, an error, a bad clock,
+    ``revoked`` of the wrong type, ages that do not line up with the ids, more
+    ids than this worker keeps) raises :class:`InvalidReply`: nothing of it is
+    used. Inside a sound body, each invalid id (not a string, empty, longer than
+    ``mingle_max_id_length``, a bad stamp or age) is dropped alone and counted in
+    ``Reply.invalid_ids``; the valid ones are kept. ``Reply.carried`` keeps the
+    string ids as sent, which the signature covers.
+    """
     if isinstance(body, Malformed):
         raise InvalidReply(body.reason)
     name = check_nodename(nodename)
@@ -177,25 +212,67 @@ def check_body(
     extension: Mapping[str, Any] = dict(ext) if isinstance(ext, Mapping) else {}
     extra = {k: v for k, v in body.items() if isinstance(k, str) and k not in _KNOWN_KEYS}
     revoked = _unpacked(body.get("revoked"), extension.get("ids"), limits)
-    ids: tuple[str, ...] = ()
-    stamps: dict[str, float] | None = None
-    if revoked is None or (isinstance(revoked, (list, tuple, dict)) and not revoked):
-        pass
-    elif isinstance(revoked, (list, tuple, dict)) and len(revoked) > limits.max_ids:
+    if revoked is None:
+        revoked = []
+    if not isinstance(revoked, (list, tuple, dict)):
+        raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
+    if len(revoked) > limits.max_ids:
         raise InvalidReply(f"{len(revoked)} revoked ids is more than the {limits.max_ids} a worker keeps")
-    elif isinstance(revoked, (list, tuple)):
-        _check_ids(revoked, limits)
-        ids = tuple(dict.fromkeys(revoked))  # a repeated id counts once
-    elif isinstance(revoked, dict):
+    raw_ages = extension.get("ages")
+    if raw_ages is not None and (not isinstance(raw_ages, list) or len(raw_ages) != len(revoked)):
+        raise InvalidReply("ages do not match the revoked ids one for one")
+    carried = tuple(protocol.reply_ids(revoked))
+    problems: list[str] = []
+    stamps: dict[str, float] | None = None
+    ages: dict[str, float] | None = None
+    if isinstance(revoked, dict):
         stamps = {}
         for task_id, value in revoked.items():
-            _check_id(task_id, limits)
-            stamps[task_id] = _stamp(value)
+            problem = _id_problem(task_id, limits)
+            if problem is None:
+                try:
+                    stamps[task_id] = _stamp(value)
+                except InvalidReply as exc:
+                    problem = str(exc)
+            if problem is not None:
+                problems.append(problem)
         ids = tuple(stamps)
+        if raw_ages is not None:
+            ages = _aged(list(revoked), raw_ages, stamps.keys(), problems)
     else:
-        raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
-    ages = _check_ages(extension.get("ages"), revoked if ids else [])
-    return Reply(name, clock, ids, stamps, ages, source, extension, extra)
+        kept, problems = valid_ids(revoked, limits)
+        if raw_ages is not None:
+            ages = _aged(list(revoked), raw_ages, set(kept), problems)
+            kept = [task_id for task_id in kept if task_id in ages]
+        ids = tuple(dict.fromkeys(kept))  # a repeated id counts once
+    return Reply(
+        name,
+        clock,
+        ids,
+        stamps,
+        ages,
+        source,
+        extension,
+        extra,
+        invalid_ids=len(problems),
+        invalid_reason=problems[0] if problems else "",
+        carried=carried if carried != ids else ids,
+    )
+
+
+def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[str]) -> dict[str, float]:
+    """``{id: age}`` for the valid ids whose age is valid; a bad age drops its id (counted)."""
+    if raw_ages and set(map(type, raw_ages)) == {int} and 0 <= min(raw_ages) and max(raw_ages) < 10**12:
+        return {i: a for i, a in zip(revoked, raw_ages, strict=True) if type(i) is str and i in valid}
+    ages: dict[str, float] = {}
+    for task_id, age in zip(revoked, raw_ages, strict=True):
+        if type(task_id) is not str or task_id not in valid:
+            continue
+        if _age_problem(age):
+            problems.append(f"age {age!r:.60} is not a number of seconds >= 0")
+        else:
+            ages[task_id] = age
+    return ages
 
 
 def _unpacked(revoked: Any, packed: Any, limits: ReplyLimits) -> Any:
@@ -212,28 +289,20 @@ def _unpacked(revoked: Any, packed: Any, limits: ReplyLimits) -> Any:
 
 
 def _check_ids(ids: list[Any] | tuple[Any, ...], limits: ReplyLimits) -> None:
-    # Three C-level passes over 50,000 ids; the loop over them only to name a bad one.
-    if (
-        ids
-        and set(map(type, ids)) == {str}
-        and 1 <= min(map(len, ids))
-        and max(map(len, ids)) <= limits.max_id_length
-    ):
-        return
-    for task_id in ids:
-        _check_id(task_id, limits)
+    problems = valid_ids(ids, limits)[1]
+    if problems:
+        raise InvalidReply(problems[0])
 
 
 def _check_ages(ages: Any, revoked: Any) -> dict[str, float] | None:
-    """``{id: age}`` from the extension's ``ages`` (aligned with ``revoked``), or ``None``."""
+    """``{id: age}`` from ``ages`` (aligned with ``revoked``), or ``None``; raise on a bad one."""
     if ages is None:
         return None
     if not isinstance(ages, list) or len(ages) != len(revoked):
         raise InvalidReply("ages do not match the revoked ids one for one")
-    if not (ages and set(map(type, ages)) == {int} and 0 <= min(ages) and max(ages) < 10**12):
-        for age in ages:  # not all whole seconds (this package sends those): each one checked
-            if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12:
-                raise InvalidReply(f"age {age!r:.60} is not a number of seconds >= 0")
+    for age in ages:
+        if _age_problem(age):
+            raise InvalidReply(f"age {age!r:.60} is not a number of seconds >= 0")
     return dict(zip(revoked, ages, strict=True))
 
 
@@ -270,10 +339,12 @@ class ReplayGuard:
 
     def check(self, nonce: str, sent_at: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if abs(now - sent_at) > self.max_age:
+        age = now - sent_at
+        if abs(age) > self.max_age:
+            when = f"{age:.0f}s ago" if age >= 0 else f"{-age:.0f}s in the future (by this host's clock)"
             raise RejectReply(
-                f"request sent {now - sent_at:+.0f}s from now, outside mingle_signature_max_age "
-                f"({self.max_age:g}s): replayed, or clocks apart"
+                f"request sent {when}, outside mingle_signature_max_age ({self.max_age:g}s): "
+                "replayed, or the two hosts' clocks are apart"
             )
         while self._seen and (
             len(self._seen) >= self.max_entries or next(iter(self._seen.values())) < now - self.max_age
@@ -301,11 +372,16 @@ def check_trust(
         return  # unsigned (a stock worker's), accepted during a roll-out
     if reply.source == "request":
         problem = protocol.verify_request(
-            settings.hmac_keys, reply.nodename, list(reply.ids), reply.extension
+            settings.hmac_keys, reply.nodename, list(reply.carried or reply.ids), reply.extension
         )
     else:
         problem = protocol.verify(
-            settings.hmac_keys, nonce or "", reply.nodename, reply.clock, reply.ids, reply.extension
+            settings.hmac_keys,
+            nonce or "",
+            reply.nodename,
+            reply.clock,
+            reply.carried or reply.ids,
+            reply.extension,
         )
     if problem:
         raise RejectReply(problem)

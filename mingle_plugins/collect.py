@@ -19,8 +19,8 @@ from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
 from . import compat, protocol
-from .checks import Duplicates, Malformed, body_problem, decode_error_reason, shown
-from .model import HelloOptions
+from .checks import Malformed, body_problem, decode_error_reason, shown
+from .model import HelloOptions, Verdicts
 from .presence import PresenceCount, SideChannel
 
 __all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
@@ -30,10 +30,9 @@ logger = logging.getLogger("mingle_plugins")
 #: The longest a single ``drain_events`` call blocks while collecting replies.
 _SLICE = 0.25
 
-#: How many hello timeouts a newcomer waits for the full list it asked one node for. That node
-#: answered the digest round moments before: it is alive, and late only when it is busy (many
-#: newcomers at once, a loaded host). Asking the next node then would make one more node busy
-#: sending a full list, and the first one's would still come, to be thrown away.
+#: The full lists of a digest round are awaited one hello timeout after the last progress (a
+#: list that arrived verified, a request sent), and at most this many hello timeouts in all,
+#: however many digests were claimed: a claim that is never honoured costs one timeout in all.
 FULL_LIST_PATIENCE = 5
 
 
@@ -78,8 +77,12 @@ class HelloCollector:
     request of the same mingle is still added to that request's replies.
     """
 
-    def __init__(self, app: Any, connection: Any, options: HelloOptions) -> None:
+    def __init__(
+        self, app: Any, connection: Any, options: HelloOptions, verdicts: Verdicts | None = None
+    ) -> None:
         self.app = app
+        #: The round's verdicts, asked as each body arrives; ``None``: every first body is kept.
+        self.verdicts = verdicts
         self.connection = connection
         self.options = options
         self.mailbox = app.control.mailbox(connection)
@@ -87,9 +90,15 @@ class HelloCollector:
         if options.reply_queue is None:
             self.reply_queue = self.mailbox.reply_queue
         else:
-            self.reply_queue = Queue(options.reply_queue, durable=False, auto_delete=True)  # type: ignore[no-untyped-call]
-        #: ticket -> the replies of that request, by node name
+            self.reply_queue = Queue(options.reply_queue, exclusive=True, auto_delete=True)  # type: ignore[no-untyped-call]
+        #: ticket -> the kept replies of that request, by node name
         self._requests: dict[str, dict[str, Any]] = {}
+        #: tickets of full-list requests, whose replies are checked against their digest
+        self._full_lists: set[str] = set()
+        #: nodes whose full list arrived and was not the one promised
+        self.failed_lists: set[str] = set()
+        #: the verified full lists of the digest round, by node name
+        self.lists: dict[str, Any] = {}
         self._malformed = 0
         self._consumer: Any = None
         self._published = False
@@ -129,19 +138,43 @@ class HelloCollector:
         expires = header("expires")
         if isinstance(expires, (int, float)) and time.time() > expires:
             return
-        replies = self._requests.get(header("ticket"))
+        ticket = header("ticket")
+        replies = self._requests.get(ticket)
         if replies is None:
             return
         bodies = read_reply_message(message)
         if isinstance(bodies, Malformed):
             self._add_malformed(replies, bodies)
             return
-        for node, reply in bodies.items():
-            _add(replies, node, reply)
+        if len(bodies) > 1:  # a worker's reply names itself only (kombu ``_publish_reply``)
+            self._add_malformed(
+                replies,
+                Malformed(f"a reply message names {len(bodies)} nodes; a worker's names itself only"),
+            )
+            return
+        for node, body in bodies.items():
+            self._add(replies, node, body, ticket in self._full_lists)
+
+    def _add(self, replies: dict[str, Any], node: str, body: Any, full_list: bool) -> None:
+        """Keep ``body`` when its verdict keeps it (the first one under its name, without verdicts)."""
+        verdicts = self.verdicts
+        if verdicts is None:
+            replies.setdefault(node, body)
+        elif full_list:
+            if verdicts.judge_full(node, body) is not None:
+                replies[node] = body
+            else:
+                self.failed_lists.add(node)
+        elif verdicts.judge(node, body) is not None:
+            replies.setdefault(node, body)
 
     def _add_malformed(self, replies: dict[str, Any], malformed: Malformed) -> None:
         self._malformed += 1
-        replies[f"<malformed reply {self._malformed}>"] = malformed
+        name = f"<malformed reply {self._malformed}>"
+        if self.verdicts is None:
+            replies[name] = malformed
+        else:  # rejected with its reason, counted; it counts towards nothing
+            self.verdicts.judge(name, malformed)
 
     def _on_decode_error(self, message: Any, exc: Exception) -> None:
         # kombu calls this instead of ``_on_message`` for a message it marked as broken.
@@ -198,6 +231,81 @@ class HelloCollector:
         logger.debug("mingle: %d neighbours counted in the presence queue %s", counted, queue)
         return PresenceCount(counted, self._listening, own) if counted else None
 
+    def _consume(self) -> None:
+        if self._consumer is None:
+            self._consumer = Consumer(  # type: ignore[no-untyped-call]
+                self.chan, [self.reply_queue], accept=self.mailbox.accept, no_ack=True
+            )
+            self._consumer.on_message = self._on_message
+            self._consumer.on_decode_error = self._on_decode_error
+            self._consumer.consume()
+
+    def _drain(self, wait: float) -> None:
+        try:
+            # In slices: py-amqp's drain_events restarts its timeout on every heartbeat
+            # frame, and nobody sends ours while we block (the server then drops us).
+            self.connection.heartbeat_check()
+            self.connection.drain_events(timeout=min(wait, _SLICE))
+        except TimeoutError:  # socket.timeout: the caller checks the time
+            pass
+
+    def fetch_full_lists(
+        self, arguments: Mapping[str, Any], groups: Mapping[str, list[str]]
+    ) -> dict[str, str]:
+        """The digest round: for each digest of ``groups`` (``{digest: kept nodes that sent it}``),
+        the full list of one of its nodes, checked against the digest by the verdicts.
+
+        One node per digest is asked at once, every digest in one request; a node
+        whose list is not the promised one is replaced by the next node of its
+        digest. The lists are awaited one hello timeout after the last progress, at
+        most ``FULL_LIST_PATIENCE`` timeouts in all. Returns ``{digest: node}`` for
+        the digests whose list arrived; the bodies are in :attr:`lists`.
+        """
+        timeout = self.options.timeout
+        waiting = {digest: list(nodes) for digest, nodes in groups.items()}
+        asked: dict[str, str] = {}
+        got: dict[str, str] = {}
+        started = last_progress = time.monotonic()
+        while True:
+            to_ask = []
+            for digest, nodes in waiting.items():
+                if digest not in asked and nodes:
+                    asked[digest] = nodes.pop(0)
+                    to_ask.append(asked[digest])
+            if to_ask:
+                ticket = uuid()
+                self._requests[ticket] = self.lists
+                self._full_lists.add(ticket)
+                self._publish(dict(arguments), to_ask, ticket, timeout * FULL_LIST_PATIENCE)
+                self._consume()
+                last_progress = time.monotonic()
+            for digest in list(waiting):
+                arrived = next((n for n in groups[digest] if n in self.lists), None)
+                if arrived is not None:  # also a late list of a node asked before
+                    got[digest] = arrived
+                    del waiting[digest]
+                    asked.pop(digest, None)
+                    last_progress = time.monotonic()
+                elif asked.get(digest) in self.failed_lists:
+                    del asked[digest]  # the next node of the digest, if any, is asked
+            for digest in [d for d, nodes in waiting.items() if d not in asked and not nodes]:
+                del waiting[digest]
+                logger.warning("mingle: no node of digest %.12s sent its full list", digest)
+            if not waiting:
+                return got
+            if not any(d not in asked and waiting[d] for d in waiting):
+                until = min(last_progress + timeout, started + timeout * FULL_LIST_PATIENCE)
+                wait = until - time.monotonic()
+                if wait <= 0:
+                    logger.warning(
+                        "mingle: %d full lists did not come in %.1fs (from %s): their ids are not merged",
+                        len(waiting),
+                        time.monotonic() - started,
+                        ", ".join(shown(n) for n in asked.values())[:200],
+                    )
+                    return got
+                self._drain(wait)
+
     def ask(
         self,
         arguments: Mapping[str, Any],
@@ -214,12 +322,12 @@ class HelloCollector:
         on AMQP with ``options.presence_queue``, by the rule of
         :class:`~mingle_plugins.presence.PresenceCount`; without a count,
         ``options.quiet_window`` waits that long after each reply, with
-        ``timeout`` as the bound of the whole collection. A body
-        that cannot hold replies is kept as a :class:`Malformed` under ``"<malformed
-        reply N>"``, so that it is rejected with its reason and counted; every
-        reply under a node name that answered already is kept (:class:`Duplicates`).
-        A broadcast that the count says was received and that nobody answered within
-        ``timeout`` is sent once more (``again``), with twice the time.
+        ``timeout`` as the bound of the whole collection. Each body is judged
+        as it arrives (``verdicts``): only kept bodies are returned, and only they
+        count; a body that cannot hold replies, or a message naming more than one
+        node, is rejected with its reason and counted. A broadcast that the count
+        says was received and that nobody answered within ``timeout`` is sent
+        once more (``again``), with twice the time.
         """
         options = self.options
         timeout = options.timeout if timeout is None else timeout
@@ -240,13 +348,7 @@ class HelloCollector:
             logger.debug("mingle: the hello reached %d subscribers", expected)
         if expected == 0:
             return replies
-        if self._consumer is None:
-            self._consumer = Consumer(  # type: ignore[no-untyped-call]
-                self.chan, [self.reply_queue], accept=self.mailbox.accept, no_ack=True
-            )
-            self._consumer.on_message = self._on_message
-            self._consumer.on_decode_error = self._on_decode_error
-            self._consumer.consume()
+        self._consume()
         started = last_reply = time.monotonic()
         seen = 0
         phase = "wait"
@@ -273,13 +375,7 @@ class HelloCollector:
             wait = until - time.monotonic()
             if wait <= 0:
                 break
-            try:
-                # In slices: py-amqp's drain_events restarts its timeout on every heartbeat
-                # frame, and nobody sends ours while we block (the server then drops us).
-                self.connection.heartbeat_check()
-                self.connection.drain_events(timeout=min(wait, _SLICE))
-            except TimeoutError:  # socket.timeout: the loop checks the time
-                continue
+            self._drain(wait)
         logger.debug(
             "mingle: collected %d replies to %s", len(replies), shown(destination or "the broadcast")
         )
@@ -333,77 +429,54 @@ def read_reply_message(message: Any) -> dict[str, Any] | Malformed:
     return {str(node): reply for node, reply in body.items()}
 
 
-def _add(replies: dict[str, Any], node: str, reply: Any) -> None:
-    """Keep every reply under a node name: the step picks the one that passes the checks."""
-    if node not in replies:
-        replies[node] = reply
-    elif isinstance(replies[node], Duplicates):
-        replies[node].append(reply)
-    else:
-        replies[node] = Duplicates([replies[node], reply])
-
-
-def hello_exchange(consumer: Any, revoked: Any, options: HelloOptions) -> dict[str, Any]:
+def hello_exchange(
+    consumer: Any, revoked: Any, options: HelloOptions, verdicts: Verdicts | None = None
+) -> dict[str, Any]:
     """The whole hello: one broadcast, then, with ``options.digest``, the full
-    lists from one node per digest this node does not have yet.
+    lists from one kept node per digest this node does not have yet.
+
+    :param verdicts: the round's verdicts (the ``verdicts`` argument of
+        ``mingle_send_hello``): each body is judged as it arrives, only kept
+        bodies count and are returned. ``None``: every first body under a name.
     """
     app, connection = consumer.app, consumer.connection
-    arguments: dict[str, Any] = {"from_node": consumer.hostname, "revoked": revoked}
-    # Neighbours running this package merge our ids with their ages and answer with theirs;
-    # stock neighbours ignore the extension (their ``hello`` takes ``**kwargs``).
-    ages = compat.revoked_ages(consumer.controller.state.revoked, protocol.reply_ids(revoked))
-    ext: dict[str, Any] = {"v": protocol.VERSION, "ages": ages}
-    if options.nonce:
-        ext["nonce"] = options.nonce
-        if options.signing_key:
-            ext["sent_at"] = sent_at = time.time()
-            ext["request_signature"] = protocol.sign_request(
-                options.signing_key, options.nonce, consumer.hostname, revoked, sent_at, ages
-            )
-    if options.digest:
-        ext["want"] = "digest"
-    if options.presence_queue:
-        ext["presence"] = True  # this worker will be counted: its neighbours need not name it
-    arguments["mingle"] = ext
-    with HelloCollector(app, connection, options) as collector:
+    arguments = protocol.hello_request(consumer.hostname, revoked, consumer.controller.state.revoked, options)
+    with HelloCollector(app, connection, options, verdicts) as collector:
         replies = collector.ask(arguments)
-        if options.digest:
-            _fetch_full_lists(consumer.hostname, collector, replies, revoked, ext)
+        if options.digest and verdicts is not None:
+            _fetch_full_lists(consumer.hostname, collector, replies, revoked, arguments, verdicts)
     return replies
 
 
 def _fetch_full_lists(
-    hostname: str, collector: HelloCollector, replies: dict[str, Any], revoked: Any, ext: dict[str, Any]
+    hostname: str,
+    collector: HelloCollector,
+    replies: dict[str, Any],
+    revoked: Any,
+    arguments: Mapping[str, Any],
+    verdicts: Verdicts,
 ) -> None:
-    """The digest round: one full list per digest this node does not have, into ``replies``."""
+    """The digest round: one verified full list per digest this node does not have, into ``replies``."""
     own = protocol.digest(protocol.reply_ids(revoked))
     groups: dict[str, list[str]] = {}
-    for node, reply in replies.items():
-        theirs = reply.get("mingle") if isinstance(reply, Mapping) else None
-        if isinstance(theirs, Mapping) and theirs.get("digest") not in (None, own) and theirs.get("count"):
-            groups.setdefault(str(theirs["digest"]), []).append(node)
-    for digest, nodes in groups.items():
+    for node in replies:
+        kept = verdicts.kept.get(node)
+        claim = kept.extension if kept is not None else {}
+        if claim.get("digest") not in (None, own) and claim.get("count"):
+            groups.setdefault(str(claim["digest"]), []).append(node)
+    if not groups:
+        return
+    for nodes in groups.values():
         # In a random order: when many newcomers start at once, the full lists are served by
         # all the nodes that share a digest, not all by the one that answers first.
         random.shuffle(nodes)
-        for node in nodes:  # the first node of a digest that answers in full
-            # No ids of ours this time (the broadcast carried them), but ask for their ages.
-            ask = {
-                "from_node": hostname,
-                "revoked": None,
-                "mingle": {**ext, "ages": [], "want": "full", "packed": True},
-            }
-            full = collector.ask(
-                ask, destination=[node], timeout=collector.options.timeout * FULL_LIST_PATIENCE
-            )
-            if isinstance(full.get(node), Mapping):
-                replies[node] = full[node]
-                logger.debug(
-                    "mingle: full list of digest %.12s from %s (%d nodes share it)",
-                    digest,
-                    shown(node),
-                    len(nodes),
-                )
-                break
-        else:
-            logger.warning("mingle: no node of digest %.12s sent its full list", digest)
+    got = collector.fetch_full_lists(protocol.full_list_request(hostname, arguments), groups)
+    for digest, source in got.items():
+        replies[source] = collector.lists[source]
+        verdicts.share_list(source, groups[digest])
+        logger.debug(
+            "mingle: full list of digest %.12s from %s (%d nodes share it)",
+            digest,
+            shown(source),
+            len(groups[digest]),
+        )

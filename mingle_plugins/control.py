@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery.utils.log import get_logger
 
 from .answer import make_hello
+from .checks import ReplyLimits, valid_ids
 
 if TYPE_CHECKING:
     from .bootstep import Mingle
@@ -50,16 +51,29 @@ def status_reply(step: Mingle) -> dict[str, Any]:
 
 
 def make_revoke(step: Mingle, stock_revoke: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap the stock ``revoke`` handler: after it, the ``mingle_on_revoke`` plugins see the ids."""
+    """Wrap the stock ``revoke`` handler: invalid ids are refused with an error reply (the valid
+    ones of the same command are revoked), then the ``mingle_on_revoke`` plugins see the ids."""
 
     def revoke(state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any) -> Any:
-        answer = stock_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
-        given = task_id if isinstance(task_id, (list, tuple, set)) else [task_id]
-        limit = step.settings.max_id_length
-        ids = tuple(dict.fromkeys(i for i in given if isinstance(i, str) and 0 < len(i) <= limit))
+        given = list(task_id) if isinstance(task_id, (list, tuple, set)) else [task_id]
+        limits = ReplyLimits(max_ids=2**31, max_id_length=step.settings.max_id_length, max_clock=0)
+        valid, problems = valid_ids(given, limits)
+        if not valid:
+            logger.warning("mingle: refused a revoke of %d invalid task ids: %s", len(problems), problems[0])
+            return {"error": f"refused {len(problems)} invalid task ids ({problems[0]}); nothing revoked"}
+        ids = tuple(dict.fromkeys(valid))
+        answer = stock_revoke(
+            state, list(ids) if len(given) > 1 else ids[0], terminate=terminate, signal=signal, **kwargs
+        )
         consumer = getattr(state, "consumer", None)
-        if ids and consumer is not None:
+        if consumer is not None:
             step.on_revoke(consumer, ids, bool(terminate))
+        if problems:
+            logger.warning("mingle: refused %d invalid task ids of a revoke: %s", len(problems), problems[0])
+            return {
+                "error": f"refused {len(problems)} invalid task ids ({problems[0]}); "
+                f"revoked the other {len(ids)}: {', '.join(ids)[:200]}"
+            }
         return answer
 
     return revoke

@@ -246,14 +246,14 @@ class TransportDecision:
 def ask_plugin(runner: HookRunner, impl: pluggy.HookImpl, **kwargs: Any) -> Answer:
     """Call one implementation of ``mingle_transport_compatible`` alone, within the plugin timeout.
 
-    A plugin that does not return in time joins ``runner.hung``: it is not asked again.
+    A plugin that does not return in time is not asked again while that call still runs.
     """
     name = runner.plugin_name(impl.plugin)
     args = {arg: kwargs[arg] for arg in (*impl.argnames, *impl.kwargnames) if arg in kwargs}
     try:
         got = call_with_deadline(impl.function, runner.timeout, **args)
-    except Overdue:
-        runner.hung.add(impl.plugin)
+    except Overdue as overdue:
+        runner.mark_hung(impl.plugin, HOOK, overdue.thread)
         late = f"did not return within {runner.timeout:.1f}s"
         return Answer(name, None, f"TimeoutError: {late}", f"{late} and is no longer called", hung=True)
     except Exception as exc:
@@ -272,7 +272,7 @@ def decide_transport(
     answers: list[Answer] = []
     stock = frozenset(stock)
     for impl in runner.implementations(HOOK):
-        if impl.plugin in runner.hung:
+        if runner.is_hung(impl.plugin, HOOK):
             continue
         answer = ask_plugin(runner, impl, app=app, driver_type=driver_type, settings=settings)
         answers.append(answer)

@@ -19,7 +19,7 @@ from .markers import hookspec
 if TYPE_CHECKING:
     from celery import Celery
 
-    from .model import HelloOptions, MingleSummary, Reply, WorkerConsumer
+    from .model import HelloOptions, MingleSummary, Reply, Verdicts, WorkerConsumer
     from .settings import MingleSettings, SettingsRegistry
 
 __all__ = [  # in the order a worker calls them
@@ -138,7 +138,12 @@ def mingle_expected_replies(
 
 @hookspec(firstresult=True)
 def mingle_send_hello(
-    consumer: WorkerConsumer, revoked: Any, timeout: float, options: HelloOptions, settings: MingleSettings
+    consumer: WorkerConsumer,
+    revoked: Any,
+    timeout: float,
+    options: HelloOptions,
+    settings: MingleSettings,
+    verdicts: Verdicts,
 ) -> Mapping[str, Any] | None:
     """Send the hello to the neighbours and collect their replies.
 
@@ -155,15 +160,22 @@ def mingle_send_hello(
     - `timeout`: `options.timeout`, given separately for convenience.
     - `options`: the tuned `HelloOptions`.
     - `settings`: the resolved `MingleSettings`.
+    - `verdicts`: this mingle's `Verdicts`. Call `verdicts.judge(node, body)`
+      on each body as it arrives and count only those it keeps (a forged,
+      unsigned or malformed body must not end a collection);
+      `mingle_plugins.hello_exchange(consumer, revoked, options, verdicts)` is
+      the core's pidbox hello, for a transport that only tunes the connection.
 
     Returns: `{node name: reply body}` as received (this node's own reply may
-    be left in: it is removed). Each body is checked and turned into a `Reply`
-    by the host. `firstresult`: return `None` to let the next implementation
-    (ultimately the pidbox broadcast) send it.
+    be left in: it is removed). Each body is judged by the host (again for free
+    when the plugin judged it). `firstresult`: return `None` to let the next
+    implementation (ultimately the pidbox broadcast) send it.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        `settings`.
+    .. versionchanged:: 0.2
+       `verdicts`.
     """
 
 
@@ -277,12 +289,23 @@ def mingle_merge_revoked(
     `ids` or `None` keeps all, `()` keeps none. Not `firstresult`: every policy
     is called, once, with the same ids; an id is merged only when every policy
     kept it. What each policy dropped is counted per node and per plugin in
-    the summary. A policy that raises or hangs is skipped (it drops nothing).
+    the summary. A policy that raises, hangs or returns something that is not
+    ids fails open (it is passed over for that call, and the fault is counted in
+    `mingle status`, `mingle check` and the summary), unless it is marked
+    `@mingle_plugins.fail_closed`: then that node's ids are not merged.
+
+    Policies decide per node, also in the fast profile: where several
+    neighbours sent the same digest, the one verified full list is given to
+    each of them and every policy sees each node's `Reply` in turn; the node
+    the list was fetched from is chosen among the neighbours whose reply passed
+    the checks, trust, signature and `mingle_on_reply`.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        A policy returns the ids to keep and the host merges them; it used to
        merge them itself (`firstresult`, `revoked` and `nodename` arguments).
+    .. versionchanged:: 0.2
+       `@fail_closed`; a wrong return value is a counted fault.
     """
 
 

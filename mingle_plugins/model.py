@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["HelloOptions", "MingleSummary", "NodeOutcome", "Reply", "WorkerConsumer"]
+__all__ = ["HelloOptions", "MingleSummary", "NodeOutcome", "Reply", "Verdicts", "WorkerConsumer"]
 
 
 class WorkerConsumer(Protocol):
@@ -127,8 +127,16 @@ class Reply:
             (digest, count, signature), else empty.
         extra: any other keys of the reply (stock passes them to
             ``sync_with_node`` as keyword arguments).
+        invalid_ids: ids of the body dropped one by one (not a string,
+            empty, longer than ``mingle_max_id_length``, a bad stamp or age);
+            the others are in ``ids``.
+        invalid_reason: why the first of those was dropped, else ``""``.
+        carried: the string ids as the sender sent them (what its signature
+            covers); ``ids`` when nothing was dropped.
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.2
+       ``invalid_ids``, ``invalid_reason``, ``carried``: a bad id is dropped alone.
     """
 
     nodename: str
@@ -139,6 +147,33 @@ class Reply:
     source: Literal["reply", "request"] = "reply"
     extension: Mapping[str, Any] = field(default_factory=dict, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    invalid_ids: int = 0
+    invalid_reason: str = ""
+    carried: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+
+class Verdicts(Protocol):
+    """The verdicts of one mingle, as ``mingle_send_hello`` gets them (``verdicts``).
+
+    A transport plugin that collects replies itself calls :meth:`judge` on each
+    body as it arrives and counts only the bodies it keeps: a forged, unsigned
+    or malformed body then never ends a collection early. The same body is
+    judged only once (the host judges the returned replies again for free).
+
+    .. versionadded:: 0.2
+    """
+
+    #: ``{node name: Reply}``: each neighbour's first reply that passed every check.
+    kept: Mapping[str, Reply]
+
+    def judge(self, nodename: object, body: Any) -> Reply | None:
+        """The checked :class:`Reply` when ``body`` is kept, else ``None`` (counted, logged once)."""
+
+    def judge_full(self, nodename: str, body: Any) -> Reply | None:
+        """A full list asked of a kept neighbour: kept only if it is the list of its digest."""
+
+    def share_list(self, source: str, members: list[str]) -> None:
+        """Give kept neighbours of the same digest as ``source`` the ids of its verified list."""
 
 
 @dataclass
@@ -154,9 +189,12 @@ class NodeOutcome:
         ids_merged: kept ids that were new to this worker and were added by this reply.
         ids_over_share: new ids not merged because they would have evicted more
             than ``mingle_max_share`` of the worker's full revoked set.
+        ids_invalid: ids of the reply dropped one by one as invalid (not counted in ``ids_received``).
         dropped_by: ``{plugin name: ids it dropped}``.
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.2
+       ``ids_invalid``.
     """
 
     status: Literal["accepted", "rejected"] = "accepted"
@@ -165,6 +203,7 @@ class NodeOutcome:
     ids_kept: int = 0
     ids_merged: int = 0
     ids_over_share: int = 0
+    ids_invalid: int = 0
     dropped_by: dict[str, int] = field(default_factory=dict)
 
 
@@ -198,11 +237,21 @@ class MingleSummary:
         skipped: why the hello was not sent, or ``None``.
         sources_unreached: names of the sources of ``mingle_extra_replies``
             (e.g. a revocation store) that could not be reached this time.
+        ids_invalid: ids dropped one by one as invalid from accepted replies.
+        held_kept: how many of the ids held before the mingle are still held
+            after it (they go only by expiry, or by the ``mingle_max_share``
+            a node may evict).
+        plugin_faults: every runtime fault of a plugin since the worker
+            started: ``{"plugin", "hook", "kind" ("raised", "hung",
+            "wrong return"), "count", "last"}``.
 
     .. versionchanged:: 0.2
        ``accepted``, ``nodes``, ``ids_dropped``, ``dropped_by``, ``ids_over_share``, ``duplicates``,
        ``sources_unreached``;
        ``merged_from`` lists only the nodes that brought a new id.
+    .. versionchanged:: 0.2
+       ``ids_invalid``, ``held_kept``, ``plugin_faults``; ``duplicates`` counts the
+       replies dropped under a name that has a kept reply.
     """
 
     hostname: str
@@ -227,6 +276,9 @@ class MingleSummary:
     plugins: list[str] = field(default_factory=list)
     skipped: str | None = None
     sources_unreached: list[str] = field(default_factory=list)
+    ids_invalid: int = 0
+    held_kept: int = 0
+    plugin_faults: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable copy (for events and ``mingle status``)."""

@@ -46,9 +46,13 @@ import hashlib
 import hmac
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import HelloOptions
 
 __all__ = [
     "EMPTY_DIGEST",
@@ -57,6 +61,8 @@ __all__ = [
     "ages_digest",
     "digest",
     "extend_reply",
+    "full_list_request",
+    "hello_request",
     "pack_ids",
     "reply_ids",
     "sign",
@@ -192,6 +198,40 @@ def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> st
         if hmac.compare_digest(expected, ext["request_signature"]):
             return None
     return "bad request signature"
+
+
+def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloOptions) -> dict[str, Any]:
+    """The arguments of this package's ``hello`` broadcast: the stock ones and the ``mingle`` block.
+
+    Neighbours running this package merge our ids with their ages and answer with theirs;
+    stock neighbours ignore the block (their ``hello`` takes ``**kwargs``).
+    """
+    from . import compat  # compat imports Celery's worker state: not needed by the wire helpers
+
+    ages = compat.revoked_ages(revoked_set, reply_ids(revoked))
+    ext: dict[str, Any] = {"v": VERSION, "ages": ages}
+    if options.nonce:
+        ext["nonce"] = options.nonce
+        if options.signing_key:
+            ext["sent_at"] = sent_at = time.time()
+            ext["request_signature"] = sign_request(
+                options.signing_key, options.nonce, hostname, revoked, sent_at, ages
+            )
+    if options.digest:
+        ext["want"] = "digest"
+    if options.presence_queue:
+        ext["presence"] = True  # this worker will be counted: its neighbours need not name it
+    return {"from_node": hostname, "revoked": revoked, "mingle": ext}
+
+
+def full_list_request(hostname: str, broadcast: Mapping[str, Any]) -> dict[str, Any]:
+    """The request of the digest round: no ids of ours (the broadcast carried them), the
+    same nonce, and the ids' ages and packed form asked for."""
+    return {
+        "from_node": hostname,
+        "revoked": None,
+        "mingle": {**broadcast["mingle"], "ages": [], "want": "full", "packed": True},
+    }
 
 
 def extend_reply(

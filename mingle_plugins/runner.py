@@ -3,10 +3,18 @@
 pluggy runs every implementation of a hook in one loop, where an exception
 ends the whole call; calling the hook again without the culprit would run
 the others twice. Here each implementation is called on its own, in pluggy's
-order (last registered first, ``tryfirst``/``trylast`` honoured): one that
-raises is named in one log line and skipped for that call; one that does not
-return within ``mingle_plugin_timeout`` is named, left behind in its thread,
-and never called again by this worker. The built-in implementations are
+order (last registered first, ``tryfirst``/``trylast`` honoured). A fault
+(it raised, it did not return within ``mingle_plugin_timeout``, or the caller
+found its return value wrong) is recorded as a :class:`Fault` of that plugin
+*in that hook*, logged once at ERROR (again at DEBUG), and costs only that
+implementation: an implementation that hung is not called again in that hook
+while its call is still running, and is called again once it returned.
+
+A fault *fails open* (the implementation is passed over) unless the hook is a
+check (``mingle_on_reply``) or the implementation is marked
+:func:`~mingle_plugins.fail_closed`: then the caller is told
+(:class:`~mingle_plugins.RejectReply`, or ``ImplResult.failed``) and the
+reply it was looking at is not merged. The built-in implementations are
 called directly, without a thread. Hook wrappers are not supported (a
 wrapper's implementation is skipped with one log line).
 """
@@ -17,16 +25,39 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 
 from .errors import RejectReply
 from .loader import BUILTIN_NAME, MinglePluginManager
+from .markers import is_fail_closed
 
-__all__ = ["HookRunner", "ImplResult", "Overdue", "PluginHung", "call_with_deadline"]
+__all__ = ["Fault", "HookRunner", "ImplResult", "Overdue", "PluginHung", "call_with_deadline"]
 
 logger = logging.getLogger("mingle_plugins")
+
+FaultKind = Literal["raised", "hung", "wrong return"]
+
+
+@dataclass
+class Fault:
+    """The faults of one plugin in one hook, since the worker started."""
+
+    plugin: str
+    hook: str
+    kind: FaultKind
+    count: int
+    last: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "hook": self.hook,
+            "kind": self.kind,
+            "count": self.count,
+            "last": self.last,
+        }
 
 
 class PluginHung(Exception):
@@ -70,6 +101,8 @@ class ImplResult:
 
     plugin: str
     value: Any
+    #: The implementation is marked fail-closed: a wrong return value must not pass.
+    fail_closed: bool = False
 
 
 class HookRunner:
@@ -78,8 +111,10 @@ class HookRunner:
     def __init__(self, pm: MinglePluginManager, timeout: float) -> None:
         self.pm = pm
         self.timeout = timeout
-        #: Plugins that hung: never called again by this worker.
-        self.hung: set[object] = set()
+        #: ``(plugin, hook) -> the thread still running its overdue call``.
+        self._stuck: dict[tuple[int, str], threading.Thread] = {}
+        #: ``(plugin name, hook, kind) -> Fault``: every runtime fault since the start.
+        self.faults: dict[tuple[str, str, str], Fault] = {}
         self._warned_wrappers: set[int] = set()
 
     def plugin_name(self, plugin: object) -> str:
@@ -102,46 +137,84 @@ class HookRunner:
             impls.append(impl)
         return impls
 
-    def _call_one(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+    # -- faults ----------------------------------------------------------------
+
+    def is_hung(self, plugin: object, hook: str) -> bool:
+        """Whether an earlier call of ``plugin``'s ``hook`` is still running (overdue)."""
+        thread = self._stuck.get((id(plugin), hook))
+        if thread is None:
+            return False
+        if thread.is_alive():
+            return True
+        del self._stuck[(id(plugin), hook)]  # it returned at last: called again from now on
+        return False
+
+    def mark_hung(self, plugin: object, hook: str, thread: threading.Thread) -> None:
+        self._stuck[(id(plugin), hook)] = thread
+
+    def record_fault(self, plugin: str, hook: str, kind: FaultKind, message: str) -> Fault:
+        """Count one fault; the first of its kind is logged at ERROR, later ones at DEBUG."""
+        key = (plugin, hook, kind)
+        fault = self.faults.get(key)
+        if fault is None:
+            fault = self.faults[key] = Fault(plugin, hook, kind, 0, message)
+            logger.error("mingle: plugin %r %s in hook %s", plugin, message, hook)
+        else:
+            logger.debug("mingle: plugin %r %s in hook %s (fault %d)", plugin, message, hook, fault.count + 1)
+        fault.count += 1
+        fault.last = message
+        return fault
+
+    def fault_list(self) -> list[dict[str, Any]]:
+        """Every runtime fault, as ``mingle status`` and ``mingle check`` show them."""
+        return [fault.as_dict() for fault in self.faults.values()]
+
+    # -- calls -----------------------------------------------------------------
+
+    def _call_one(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         args = {arg: kwargs[arg] for arg in (*impl.argnames, *impl.kwargnames) if arg in kwargs}
         if impl.plugin is self.pm.get_plugin(BUILTIN_NAME):
             return impl.function(**args)
         try:
             return call_with_deadline(impl.function, self.timeout, **args)
-        except Overdue:
+        except Overdue as late:
+            self.mark_hung(impl.plugin, hook, late.thread)
             raise PluginHung(impl.plugin) from None
 
     def each(self, name: str, *, fail_closed: bool = False, **kwargs: Any) -> Iterator[ImplResult]:
         """Call every implementation of ``name`` once, yielding what each returned.
 
-        A faulty implementation is logged and skipped. With ``fail_closed``
-        (checks such as ``mingle_on_reply``), a fault raises :class:`RejectReply`
-        naming the plugin instead, and a plugin that hung before keeps failing
-        closed. The caller may stop early (``firstresult``).
+        A faulty implementation is recorded (:meth:`record_fault`) and skipped.
+        When the hook is a check (``fail_closed``) or the implementation is
+        marked :func:`~mingle_plugins.fail_closed`, a fault raises
+        :class:`RejectReply` naming the plugin instead, also while an earlier
+        call of it is still running. The caller may stop early (``firstresult``).
         """
         for impl in self.implementations(name):
             plugin_name = self.plugin_name(impl.plugin)
-            if impl.plugin in self.hung:
-                if fail_closed:  # a check that hung once cannot vouch for later calls
-                    raise RejectReply(f"plugin {plugin_name!r} hung earlier and is no longer called")
+            closed = fail_closed or is_fail_closed(impl.function)
+            if self.is_hung(impl.plugin, name):
+                self.record_fault(plugin_name, name, "hung", "is still running an earlier call; not called")
+                if closed:  # it cannot vouch for this call
+                    raise RejectReply(f"plugin {plugin_name!r} is still running an earlier call of {name}")
                 continue
             try:
-                value = self._call_one(impl, kwargs)
+                value = self._call_one(impl, name, kwargs)
             except (RejectReply, MemoryError, KeyboardInterrupt, SystemExit):
                 raise
             except PluginHung:
-                self.hung.add(impl.plugin)
-                problem = f"did not return within {self.timeout:.1f}s and is no longer called"
+                kind: FaultKind = "hung"
+                problem = f"did not return within {self.timeout:.1f}s"
             except Exception as exc:
                 if impl.plugin is self.pm.get_plugin(BUILTIN_NAME):
                     raise
-                problem = f"raised {exc!r:.300}"
+                kind, problem = "raised", f"raised {exc!r:.300}"
                 logger.debug("mingle: traceback of %s in %s", plugin_name, name, exc_info=True)
             else:
-                yield ImplResult(plugin_name, value)
+                yield ImplResult(plugin_name, value, closed)
                 continue
-            logger.error("mingle: plugin %r %s in hook %s", plugin_name, problem, name)
-            if fail_closed:
+            self.record_fault(plugin_name, name, kind, problem)
+            if closed:
                 raise RejectReply(f"plugin {plugin_name!r} {problem}")
 
     def first(self, name: str, **kwargs: Any) -> Any:

@@ -133,6 +133,12 @@ def test_revoke_command_is_seen_by_plugins(
     pidbox_state = SimpleNamespace(consumer=consumer, app=consumer.app, hostname=consumer.hostname)
     answer = revoke(pidbox_state, ["x1", "x2", "x1", "far-too-long-id"])
     revoke(pidbox_state, "y")
-    assert "ok" in answer
+    assert answer == {
+        "error": "refused 1 invalid task ids (revoked id of length 15 is outside 1..8); "
+        "revoked the other 2: x1, x2"
+    }
+    assert revoke(pidbox_state, "") == {
+        "error": "refused 1 invalid task ids (revoked id of length 0 is outside 1..8); nothing revoked"
+    }
     assert seen == [(("x1", "x2"), False), (("y",), False)]
     assert {"x1", "x2", "y"} <= set(state.revoked)

@@ -9,7 +9,6 @@ import pytest
 from celery.worker.control import Panel
 
 from mingle_plugins.answer import make_hello
-from mingle_plugins.checks import Duplicates
 from mingle_plugins.control import CONTROL_STEP
 from mingle_plugins.presence import (
     MAX_NAMED,
@@ -99,9 +98,8 @@ def test_names_of_counted_nodes_and_its_own_are_not_checked() -> None:
         ({"a@x": present(), "stock@x": STOCK}, "stock@x replied, neither counted nor named"),
         ({"a@x": present("odd@x")}, "odd@x could not be checked"),
         ({"a@x": present(more=True)}, "list of uncounted nodes was cut"),
-        ({"a@x": present(), "b@x": Duplicates([STOCK, STOCK])}, "b@x replied, neither counted nor named"),
     ],
-    ids=["unknown-reply", "check-failed", "list-cut", "duplicates"],
+    ids=["unknown-reply", "check-failed", "list-cut"],
 )
 def test_anything_unknown_falls_back_to_the_quiet_window(replies: dict[str, Any], reason: str) -> None:
     rule = PresenceCount(1, Listening(odd_x=None))

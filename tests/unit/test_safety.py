@@ -18,7 +18,7 @@ from kombu.serialization import prepare_accept_content
 from mingle_plugins import protocol
 from mingle_plugins.answer import make_hello
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.checks import Duplicates, Malformed
+from mingle_plugins.checks import Malformed
 from mingle_plugins.collect import read_reply_message
 
 KEY = "s3cret"
@@ -52,8 +52,8 @@ def test_one_node_cannot_flush_a_full_set(
     step = _step(consumer, monkeypatch, mingle_merge=merge)  # mingle_max_share 0.1: 10 of 100
     flood = [f"evil-{i}" for i in range(100)]  # as many as the set holds: not rejected for size
     with caplog.at_level(logging.WARNING), step.mingle_round(consumer) as rnd:
-        step.on_node_reply(consumer, "evil@x", {"revoked": flood})
-        step.on_node_reply(consumer, "honest@x", {"revoked": ["fresh-1", "fresh-2"]})
+        rnd.reply("evil@x", {"revoked": flood})
+        rnd.reply("honest@x", {"revoked": ["fresh-1", "fresh-2"]})
     mine = {i for i in small_set if i.startswith("mine-")}
     assert len(mine) >= 100 - 12  # at most the share (and the honest 2) evicted the oldest
     assert {"fresh-1", "fresh-2"} <= set(small_set)  # a full worker still learns fresh revokes
@@ -95,23 +95,29 @@ def test_an_unsigned_reply_never_displaces_a_signed_one(
         forged = {"revoked": ["forged-id"], "clock": 3}
         wrong_key = _signed(rnd.nonce, "real@x", ["forged-2"], key="guess")
         real = _signed(rnd.nonce, "real@x", ["real-id"])
-        chosen = rnd.choose("real@x", Duplicates([forged, wrong_key, real]))
-        step.on_node_reply(consumer, "real@x", chosen)
+        assert rnd.judge("real@x", forged) is None  # arrives first, under the real name
+        assert rnd.judge("real@x", wrong_key) is None
+        assert rnd.judge("real@x", real) is not None
+        assert rnd.judge("real@x", forged) is None  # and after it: the verdict stands
+        rnd.walk({"real@x": real})
     assert set(state.revoked) == {"real-id"}
     assert rnd.summary.duplicates == {"real@x": 2}
-    (line,) = [r.getMessage() for r in caplog.records if "replies under the name" in r.getMessage()]
-    assert "3 replies under the name real@x: kept the first that passes the checks" in line
-    assert "unsigned reply" in line and "bad signature" in line
+    assert "real@x" not in rnd.summary.rejected  # the real node is not blamed
+    (line,) = [r.getMessage() for r in caplog.records if "under the names of" in r.getMessage()]
+    assert "dropped 2 other replies under the names of 1 neighbours that answered" in line
 
 
-def test_without_signing_an_extra_reply_is_logged(
+def test_without_signing_the_first_reply_under_a_name_is_kept(
     consumer: Any, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     step = _step(consumer, monkeypatch)
     with caplog.at_level(logging.WARNING), step.mingle_round(consumer) as rnd:
-        chosen = rnd.choose("n@x", Duplicates([{"revoked": ["a"]}, {"revoked": ["b"]}]))
-    assert chosen == {"revoked": ["a"]}
-    assert any("2 replies under the name n@x" in r.getMessage() for r in caplog.records)
+        first = {"revoked": ["a"]}
+        assert rnd.judge("n@x", first) is not None
+        assert rnd.judge("n@x", {"revoked": ["b"]}) is None
+        rnd.walk({"n@x": first})
+    assert rnd.summary.duplicates == {"n@x": 1}
+    assert any("dropped 1 other replies under the names of 1" in r.getMessage() for r in caplog.records)
 
 
 # -- replay ---------------------------------------------------------------------------
@@ -152,9 +158,9 @@ def test_node_names_are_checked_and_logged_escaped(
     step = _step(consumer, monkeypatch)
     hello = make_hello(step, Panel.data["hello"])
     with caplog.at_level(logging.DEBUG), step.mingle_round(consumer) as rnd:
-        step.on_node_reply(consumer, FORGED, {"revoked": ["a"]})
-        step.on_node_reply(consumer, "x" * 5000 + "\u202e@host", {"revoked": ["b"]})
-        step.on_node_reply(consumer, "no-at-sign", {"revoked": ["c"]})
+        rnd.reply(FORGED, {"revoked": ["a"]})
+        rnd.reply("x" * 5000 + "\u202e@host", {"revoked": ["b"]})
+        rnd.reply("no-at-sign", {"revoked": ["c"]})
         assert hello(_pidbox_state(consumer), FORGED, revoked=["d"]) is None
     assert len(state.revoked) == 0
     reasons = list(rnd.summary.rejected.values())
@@ -195,7 +201,7 @@ def test_a_bad_message_is_rejected_with_its_real_reason(
     bodies = read_reply_message(_message(raw, content_type))
     assert isinstance(bodies, Malformed) and reason in bodies.reason
     with step.mingle_round(consumer) as rnd:
-        step.on_node_reply(consumer, "<malformed reply 1>", bodies)
+        rnd.reply("<malformed reply 1>", bodies)
     assert reason in rnd.summary.rejected["<malformed reply 1>"]
 
 
@@ -244,12 +250,12 @@ def test_any_raw_reply_bytes_go_through_decode_and_checks(
     bodies = read_reply_message(_message(raw, content_type))  # never raises
     with bounded.mingle_round(consumer) as rnd:
         if isinstance(bodies, Malformed):
-            bounded.on_node_reply(consumer, "<malformed reply 1>", bodies)
+            rnd.reply("<malformed reply 1>", bodies)
             assert rnd.summary.rejected["<malformed reply 1>"] == bodies.reason
         else:
             for node, body in bodies.items():
                 if body:
-                    bounded.on_node_reply(consumer, node, body)
+                    rnd.reply(node, body)
     assert "kept-id" in state.revoked and all(type(i) is str for i in state.revoked)
     assert len(rnd.summary.accepted) + len(rnd.summary.rejected) >= (
         0 if not isinstance(bodies, Malformed) else 1

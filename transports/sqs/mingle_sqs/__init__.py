@@ -34,7 +34,9 @@ from mingle_plugins import (
     MingleSettings,
     Parser,
     SettingsRegistry,
+    Verdicts,
     WorkerConsumer,
+    hello_exchange,
     hookimpl,
     optional_seconds,
     positive_int,
@@ -260,7 +262,11 @@ def mingle_tune_hello(app: Any, driver_type: str, options: HelloOptions, setting
 
 @hookimpl
 def mingle_send_hello(
-    consumer: WorkerConsumer, revoked: Any, options: HelloOptions, settings: MingleSettings
+    consumer: WorkerConsumer,
+    revoked: Any,
+    options: HelloOptions,
+    settings: MingleSettings,
+    verdicts: Verdicts | None = None,
 ) -> Mapping[str, Any] | None:
     """The core's pidbox hello, with a short long poll; the reply queue is deleted afterwards."""
     connection = consumer.connection
@@ -268,8 +274,6 @@ def mingle_send_hello(
         return None
     # Imported here, on SQS only: ``.transport`` imports boto3 (~0.2 s), which no other
     # transport's mingle should wait for.
-    from mingle_plugins.collect import hello_exchange
-
     from .transport import delete_queue
 
     own = settings.plugin(SqsSettings)
@@ -284,7 +288,7 @@ def mingle_send_hello(
         options.reply_queue = predefined  # reused at every mingle of this node: never deleted
     try:
         with _reply_polling(channel, own.reply_wait_time_seconds):
-            return hello_exchange(consumer, revoked, options)
+            return hello_exchange(consumer, revoked, options, verdicts)
     finally:
         if predefined is None:
             try:
