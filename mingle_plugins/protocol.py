@@ -114,7 +114,7 @@ def pack_ids(ids: Sequence[str]) -> str | None:
     """The ids as one newline-joined string (one JSON string to encode and decode instead of
     50,000), or ``None`` when an id holds a newline and the list must travel."""
     joined = "\n".join(ids)
-    if joined.count("\n") != max(0, len(ids) - 1):
+    if joined.count("\n") != max(0, len(ids) - 1) or not all(ids):  # "" would not come back
         return None
     return joined
 

@@ -153,7 +153,9 @@ class MingleSettings:
         positive_int,
     )
     max_id_length: int = setting(
-        1024, "A reply with a longer (or empty) task id is rejected whole.", positive_int
+        1024,
+        "A longer (or empty) task id is dropped alone, and counted; the rest of the reply is kept.",
+        positive_int,
     )
     trusted_nodes: tuple[str, ...] | None = setting(
         None,
