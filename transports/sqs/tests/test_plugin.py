@@ -269,7 +269,7 @@ def test_send_hello_deletes_its_reply_queue_when_the_hello_fails(
     app = app_with(broker_transport_options={"supports_fanout": True})
     seen: dict[str, Any] = {}
 
-    def failing_hello(consumer: Any, revoked: Any, options: HelloOptions) -> Any:
+    def failing_hello(consumer: Any, revoked: Any, options: HelloOptions, verdicts: Any = None) -> Any:
         chan = consumer.connection.default_channel
         seen["wait"] = chan.wait_time_seconds
         Queue(options.reply_queue)(chan).declare()
