@@ -158,8 +158,11 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             replies.update(self.extra_replies(c, replies, summary.sources_unreached))
         except Exception as exc:  # a source must not stop the mingle
             error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
-        if replies:
-            summary.neighbours = [str(node) for node, value in replies.items() if value]
+        # Every node heard: the replies kept, then the names whose every reply was rejected.
+        heard = [str(node) for node, value in replies.items() if value]
+        heard += [name for name in summary.rejected if name not in replies]
+        if heard:
+            summary.neighbours = heard
             info("mingle: sync with %s nodes", len(summary.neighbours))
             if self._overrides_stock_methods():
                 for nodename, body in replies.items():

@@ -53,7 +53,7 @@ __all__ = ["MingleRound"]
 logger = logging.getLogger("mingle_plugins")
 
 #: Rejections logged one by one at WARNING in one round; the rest are counted in one line.
-LOGGED_REJECTIONS = 5
+LOGGED_REJECTIONS = 10
 
 
 @dataclass
@@ -461,8 +461,8 @@ class MingleRound:
         if summary.ids_over_share:
             over = {n: o.ids_over_share for n, o in summary.nodes.items() if o.ids_over_share}
             logger.warning(
-                "mingle: %d new ids not merged: more than the free room plus mingle_max_share (%g) of the "
-                "%d ids held, from one node (%s); %d of the %d ids held before are still held",
+                "mingle: %d new ids not merged: more than mingle_max_share (%g) of the %d ids held (beyond "
+                "the free room), from one node (%s); %d of the %d ids held before are still held",
                 summary.ids_over_share,
                 self.settings.max_share,
                 len(self.held),
