@@ -28,7 +28,7 @@ import redis
 from celery.utils.collections import LimitedSet
 from kombu import Connection, Exchange, Queue
 
-from mingle_plugins import compat, protocol
+from mingle_plugins.wire import compat, protocol
 
 
 def best_ms(run: Callable[[], object], repeat: int) -> float:

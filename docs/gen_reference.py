@@ -39,7 +39,7 @@ Plugins implement these hooks with `@mingle_plugins.hookimpl` and publish the mo
 the `celery.mingle` entry-point group (see [writing a plugin](writing-a-plugin.md)). Every hook is
 called with keyword arguments; an implementation may take any subset of them.
 
-Order: the built-in implementations (stock Celery behaviour, module `mingle_plugins.builtin`) are
+Order: the built-in implementations (stock Celery behaviour, module `mingle_plugins.plugins.builtin`) are
 registered first, so they run last. Plugins run in reverse load order (entry points are loaded
 sorted by name); `tryfirst`/`trylast` move them. Each implementation is called on its own: one that
 raises is skipped for that call, with one `mingle:` log line naming it, and the others still run

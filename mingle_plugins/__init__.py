@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .client.revoking import RevokeOutcome, revoke
 from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
-from .loader import MinglePluginManager, PluginRecord, get_plugin_manager
 from .markers import ENTRY_POINT_GROUP, fail_closed, hookimpl, hookspec
 from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, Verdicts, WorkerConsumer
 from .parsers import (
@@ -27,7 +27,7 @@ from .parsers import (
     text,
     transport_option_seconds,
 )
-from .revoking import RevokeOutcome, revoke
+from .plugins.loader import MinglePluginManager, PluginRecord, get_plugin_manager
 from .settings import MingleSettings, SettingsRegistry, load_settings
 
 __all__ = [
@@ -77,6 +77,6 @@ def hello_exchange(
 
     .. versionadded:: 0.2
     """
-    from .collect import hello_exchange as exchange  # kombu's messaging: only when a hello is sent
+    from .hello.collect import hello_exchange as exchange  # kombu's messaging: only when a hello is sent
 
     return exchange(consumer, revoked, options, verdicts)

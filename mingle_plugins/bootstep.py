@@ -1,4 +1,4 @@
-"""The Mingle bootstep: stock Mingle's API, every reply on the path of :mod:`mingle_plugins.rounds`."""
+"""The Mingle bootstep: stock Mingle's API, every reply on the path of :mod:`mingle_plugins.hello.rounds`."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from celery.utils.log import get_logger
 from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
-from . import compat
-from .bulk import gc_paused
-from .checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
-from .config import configure
-from .control import install_handlers
-from .diagnostics import decide_transport, load_transport
+from .answering.control import install_handlers
+from .hello.checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
+from .hello.presence import PresenceState, queue_name
+from .hello.rounds import MingleRound
 from .model import HelloOptions, MingleSummary
 from .parsers import parse_seconds
-from .presence import PresenceState, queue_name
-from .rounds import MingleRound
-from .runner import PluginHung
+from .plugins.config import configure
+from .plugins.diagnostics import decide_transport, load_transport
+from .plugins.runner import PluginHung
+from .wire import compat
+from .wire.bulk import gc_paused
 
 __all__ = ["Mingle"]
 
@@ -42,7 +42,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     - Sync revoked tasks.
 
     Same attributes and methods as ``celery.worker.consumer.mingle.Mingle``.
-    ``sync`` walks one :class:`~mingle_plugins.rounds.MingleRound`; the stock
+    ``sync`` walks one :class:`~mingle_plugins.hello.rounds.MingleRound`; the stock
     methods are adapters over a round of their own when called from outside.
     A subclass that overrides ``on_node_reply``, ``sync_with_node``,
     ``on_clock_event`` or ``on_revoked_received`` gets each kept reply through
@@ -134,7 +134,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.sync(c)
 
     def sync(self, c: Any) -> None:
-        with gc_paused():  # replies of 50,000 ids: see mingle_plugins.bulk
+        with gc_paused():  # replies of 50,000 ids: see mingle_plugins.wire.bulk
             self._sync(c)
 
     def _overrides_stock_methods(self) -> bool:

@@ -9,7 +9,7 @@ and ``Tasks.requires`` and ``Gossip.requires`` name the stock ``Mingle`` class,
 so a replacement added with ``app.steps`` loses or breaks depending on the
 hash seed. This blueprint resolves every dependency on the stock step to ours
 while it builds its own graph; no Celery class is changed. It adds one step,
-:class:`mingle_plugins.presence.PresenceStep` (after remote control; it does
+:class:`mingle_plugins.hello.presence.PresenceStep` (after remote control; it does
 something only with ``mingle_presence`` on AMQP).
 """
 
@@ -27,7 +27,7 @@ __all__ = ["Blueprint", "Consumer"]
 
 _STOCK_STEP = "celery.worker.consumer.mingle:Mingle"
 _OUR_STEP = "mingle_plugins.bootstep:Mingle"
-_PRESENCE_STEP = "mingle_plugins.presence:PresenceStep"
+_PRESENCE_STEP = "mingle_plugins.hello.presence:PresenceStep"
 
 
 class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]

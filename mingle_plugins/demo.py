@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from .control import STATUS_COMMAND
+from .answering.control import STATUS_COMMAND
 from .testkit import MINGLE_LINE, Cluster
 
 __all__ = ["EX_MISSING_PLUGIN", "INSTALL_HINT", "Demo", "main", "run_demo"]
@@ -57,7 +57,7 @@ _SUMMARY = re.compile(
 
 def _claiming_plugin(app: Any) -> tuple[str | None, str]:
     """The plugin that claims the ``filesystem`` transport, or ``None`` and why not."""
-    from .diagnostics import configure_app, decide_transport
+    from .plugins.diagnostics import configure_app, decide_transport
 
     config, _ = configure_app(app)
     pm = config.pm
@@ -158,7 +158,7 @@ class Demo:
 
     def status(self, node: str) -> dict[str, Any]:
         """``celery mingle status`` of ``node``: a ``mingle_status`` broadcast, then a ``ping``."""
-        from .status import query_status
+        from .client.status import query_status
 
         self.sent += [STATUS_COMMAND, "ping"]
         return query_status(self.app, timeout=1.0, destination=[node])
@@ -228,7 +228,7 @@ class Demo:
         took = float(match[5]) if match else float("nan")
         sent_before = len(self.sent)
 
-        from .status import print_status
+        from .client.status import print_status
 
         self.say("celery mingle status:")
         result = self.status(newcomer)

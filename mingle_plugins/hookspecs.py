@@ -3,7 +3,7 @@
 Every hook is called with keyword arguments; an implementation may accept any
 subset of them. Each implementation is called on its own: one that raises or
 hangs is skipped alone, named in one log line, and no implementation runs
-twice in one call. Built-in implementations (:mod:`mingle_plugins.builtin`)
+twice in one call. Built-in implementations (:mod:`mingle_plugins.plugins.builtin`)
 give stock Celery behaviour and run last.
 
 Docstrings are Markdown: ``docs/hooks.md`` is generated from them.

@@ -9,13 +9,24 @@ import pluggy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["ENTRY_POINT_GROUP", "PROJECT_NAME", "fail_closed", "hookimpl", "hookspec", "is_fail_closed"]
+__all__ = [
+    "BUILTIN_NAME",
+    "ENTRY_POINT_GROUP",
+    "PROJECT_NAME",
+    "fail_closed",
+    "hookimpl",
+    "hookspec",
+    "is_fail_closed",
+]
 
 #: The pluggy project name: hook implementations are marked for it.
 PROJECT_NAME = "celery_mingle"
 
 #: The entry-point group that plugins are published in.
 ENTRY_POINT_GROUP = "celery.mingle"
+
+#: The name the built-in (stock behaviour) implementations are registered under.
+BUILTIN_NAME = "builtin"
 
 #: Marks a hook specification (used by :mod:`mingle_plugins.hookspecs` only).
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)

@@ -61,7 +61,7 @@ class HelloOptions:
             memory (kombu's ``pgmq``), where replies sent to the stock reply
             exchange are dropped. ``None``: the stock reply exchange and queue.
         presence_queue: on AMQP with ``mingle_presence``, the presence queue this
-            worker joins after its mingle (:mod:`mingle_plugins.presence`); the
+            worker joins after its mingle (:mod:`mingle_plugins.hello.presence`); the
             hello request says so (``mingle.presence``). With ``count_receivers``
             and no ``expected_replies``, the broadcast first reads how many
             neighbours consume that queue, and ends once they (and the uncounted
@@ -106,7 +106,7 @@ class Reply:
     """One neighbour's reply (or hello request), checked, as every hook sees it.
 
     Made once, when the reply arrives, by the checks of
-    :mod:`mingle_plugins.checks`; the same value goes to ``mingle_on_reply``,
+    :mod:`mingle_plugins.hello.checks`; the same value goes to ``mingle_on_reply``,
     ``mingle_adjust_clock`` and ``mingle_merge_revoked``. A ``mingle_on_reply``
     implementation that transforms a reply returns a new one
     (``dataclasses.replace(reply, ids=...)``), which is checked again.

@@ -17,7 +17,7 @@ so that it appears in ``celery --help``; one module per command:
   ``filesystem://`` transport.
 
 Every command but ``demo`` takes ``--json`` for scripts. Which plugin claims a
-transport is decided in :mod:`mingle_plugins.diagnostics`, as in the worker.
+transport is decided in :mod:`mingle_plugins.plugins.diagnostics`, as in the worker.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import click
 
-from ..status import print_status, query_status
+from ..client.status import print_status, query_status
 from . import check, demo, plugins, revoke, status
 from .check import EX_BROKEN, check_app
 from .plugins import describe_plugins

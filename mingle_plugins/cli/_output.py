@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..status import table
+from ..client.status import table
 
 __all__ = ["app_label", "echo_json", "obj_app", "seconds", "table"]
 

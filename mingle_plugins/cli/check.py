@@ -12,7 +12,8 @@ from celery.utils.imports import symbol_by_name
 
 from ..bootstep import Mingle
 from ..consumer import Blueprint as MingleBlueprint
-from ..diagnostics import (
+from ..markers import BUILTIN_NAME
+from ..plugins.diagnostics import (
     PLUGIN_DISTRIBUTIONS,
     TransportInfo,
     configure_app,
@@ -21,7 +22,6 @@ from ..diagnostics import (
     plugin_warnings,
     quiet_logs,
 )
-from ..loader import BUILTIN_NAME
 from ..settings import ENV_PLUGINS
 from ._output import app_label, echo_json, obj_app
 from .plugins import plugin_rows, slow_imports

@@ -11,10 +11,11 @@ import click
 from celery.bin.base import CeleryCommand, CeleryOption
 
 from ..bootstep import Mingle
-from ..config import MingleConfig
-from ..diagnostics import KNOWN_DRIVER_TYPES, configure_app, load_transport, plugin_claims, quiet_logs
 from ..errors import SettingsError
-from ..loader import BUILTIN_NAME, PluginRecord
+from ..markers import BUILTIN_NAME
+from ..plugins.config import MingleConfig
+from ..plugins.diagnostics import KNOWN_DRIVER_TYPES, configure_app, load_transport, plugin_claims, quiet_logs
+from ..plugins.loader import PluginRecord
 from ..settings import ENV_PLUGINS, MingleSettings
 from ._output import app_label, echo_json, obj_app, seconds, table
 

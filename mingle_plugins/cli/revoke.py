@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from celery.bin.base import CeleryCommand, CeleryOption
 
-from ..diagnostics import quiet_logs
-from ..revoking import revoke as revoke_ids
+from ..client.revoking import revoke as revoke_ids
+from ..plugins.diagnostics import quiet_logs
 from ._output import echo_json, obj_app
 
 __all__ = ["revoke"]

@@ -1,12 +1,12 @@
-"""``celery -A proj mingle status``: the command; the query is :mod:`mingle_plugins.status`."""
+"""``celery -A proj mingle status``: the command; the query is :mod:`mingle_plugins.client.status`."""
 
 from __future__ import annotations
 
 import click
 from celery.bin.base import CeleryCommand, CeleryOption
 
-from ..control import STATUS_COMMAND
-from ..status import print_status, query_status
+from ..answering.control import STATUS_COMMAND
+from ..client.status import print_status, query_status
 from ._output import echo_json, obj_app
 
 __all__ = ["EX_UNAVAILABLE", "status"]

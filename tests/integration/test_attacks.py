@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mingle_plugins import protocol
+from mingle_plugins.wire import protocol
 from tests.integration.test_bad_plugins import new_ids, write_statedb
 from tests.integration.test_faults import revoked_list
 from tests.support.brokers import FakeNeighbour

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from mingle_plugins import MingleSummary
 
 if TYPE_CHECKING:  # imported by pytest_plugins below, so that pytest rewrites its asserts
-    from mingle_plugins.pytest_plugin import MakeCluster
+    from mingle_plugins.testkit.pytest_plugin import MakeCluster
 
-pytest_plugins = ["mingle_plugins.pytest_plugin"]
+pytest_plugins = ["mingle_plugins.testkit.pytest_plugin"]
 
 
 def test_newcomer_summary_on_filesystem(mingle_cluster: MakeCluster) -> None:

@@ -38,7 +38,7 @@ def doc_files(text: str) -> dict[str, str]:
 def test_the_documented_test_passes_in_a_fresh_venv(tmp_path: Path) -> None:
     files = doc_files(DOC.read_text())
     assert sorted(files) == ["conftest.py", "test_audit.py"]
-    assert 'pytest_plugins = ["mingle_plugins.pytest_plugin"]' in files["conftest.py"]
+    assert 'pytest_plugins = ["mingle_plugins.testkit.pytest_plugin"]' in files["conftest.py"]
     python = venv_python(
         ["celery==5.7.0", "pytest>=7"], editable=[core_source(), FILESYSTEM, AUDIT], label="testkit-docs"
     )

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from mingle_plugins.checks import ReplyLimits, check_body
+from mingle_plugins.hello.checks import ReplyLimits, check_body
 from tests.conftest import BROKERS, broker_url
 from tests.support import services
 from tests.support.compat import KINDS, Kind, MixedCluster, build_all

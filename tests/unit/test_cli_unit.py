@@ -1,4 +1,4 @@
-"""Unit tests of the ``celery mingle`` helpers and of :mod:`mingle_plugins.diagnostics`.
+"""Unit tests of the ``celery mingle`` helpers and of :mod:`mingle_plugins.plugins.diagnostics`.
 
 No broker, no worker.
 """
@@ -14,13 +14,14 @@ import pytest
 from celery import Celery
 from kombu.transport.memory import Transport as MemoryTransport
 
-from mingle_plugins import cli, diagnostics, get_plugin_manager, hookimpl
-from mingle_plugins import status as live_status
+from mingle_plugins import cli, get_plugin_manager, hookimpl
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.cli import _output
 from mingle_plugins.cli import check as check_cmd
+from mingle_plugins.client import status as live_status
 from mingle_plugins.consumer import Blueprint, Consumer
-from mingle_plugins.runner import HookRunner
+from mingle_plugins.plugins import diagnostics
+from mingle_plugins.plugins.runner import HookRunner
 from mingle_plugins.settings import MingleSettings
 
 SETTINGS = MingleSettings()
@@ -210,7 +211,7 @@ def test_claims_gives_up_on_a_hanging_plugin_after_one_timeout() -> None:
     assert runner.is_hung(plugin, diagnostics.HOOK)  # as in the worker: not called while it runs
 
 
-# -- the one decision: the step and the CLI ask mingle_plugins.diagnostics --------
+# -- the one decision: the step and the CLI ask mingle_plugins.plugins.diagnostics --------
 
 
 class Refuses:

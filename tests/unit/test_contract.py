@@ -13,10 +13,10 @@ from celery.worker.control import Panel
 
 import mingle_plugins
 from mingle_plugins import MingleSettings, MingleSummary, Reply, SettingsRegistry, hookimpl, hookspecs
-from mingle_plugins.answer import make_hello
+from mingle_plugins.answering.control import make_revoke
+from mingle_plugins.answering.hello import make_hello
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.config import MingleConfig, declare_settings
-from mingle_plugins.control import make_revoke
+from mingle_plugins.plugins.config import MingleConfig, declare_settings
 
 PROD = [f"prod-id-{i}" for i in range(3)]
 DEV = [f"dev-id-{i}" for i in range(4)]
@@ -193,7 +193,9 @@ def test_a_raising_implementation_is_skipped_alone(
         expected.update(mingle_adjust_clock=0, mingle_merge_revoked=0)
     assert +counter.calls == +Counter(expected)  # each implementation once per call, never twice
     blamed = [r.getMessage() for r in caplog.records if "plugin 'raiser' raised" in r.getMessage()]
-    if hook == "mingle_transport_compatible":  # decided by mingle_plugins.diagnostics, one line a call
+    if (
+        hook == "mingle_transport_compatible"
+    ):  # decided by mingle_plugins.plugins.diagnostics, one line a call
         assert len(blamed) == EXPECTED_CALLS[hook] and all(hook in line for line in blamed)
     else:  # logged once (ERROR), counted at every call
         assert len(blamed) == 1 and hook in blamed[0]

@@ -11,8 +11,8 @@ import pytest
 from celery.worker.control import Panel
 
 from mingle_plugins import Reply, hookimpl
+from mingle_plugins.answering.control import make_revoke
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.control import make_revoke
 
 
 class Store:

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from celery.worker.control import Panel
 
-from mingle_plugins.answer import make_hello
-from mingle_plugins.control import CONTROL_STEP
-from mingle_plugins.presence import (
+from mingle_plugins.answering.hello import make_hello
+from mingle_plugins.hello.presence import (
     MAX_NAMED,
     REVERIFY_AFTER,
     VERIFY_AFTER,
@@ -22,6 +21,7 @@ from mingle_plugins.presence import (
     queue_name,
 )
 from mingle_plugins.settings import load_settings
+from mingle_plugins.wire.compat import CONTROL_STEP
 
 
 def present(*uncounted: str, more: bool = False) -> dict[str, Any]:
@@ -291,7 +291,7 @@ class FakeConsumer:
 
 
 def test_join_and_leave(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("mingle_plugins.presence.Consumer", FakeConsumer)
+    monkeypatch.setattr("mingle_plugins.hello.presence.Consumer", FakeConsumer)
     state = PresenceState("ex.mingle.presence")
     assert not state.join(fake_connection({}, driver_type="redis"))
     conn = fake_connection({})

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from mingle_plugins import RejectReply, load_settings
-from mingle_plugins.checks import ReplayGuard
-from mingle_plugins.protocol import (
+from mingle_plugins.hello.checks import ReplayGuard
+from mingle_plugins.wire.protocol import (
     EMPTY_DIGEST,
     digest,
     extend_reply,
@@ -14,7 +14,7 @@ from mingle_plugins.protocol import (
     sign_request,
     verify_request,
 )
-from mingle_plugins.protocol import verify as verify_fields
+from mingle_plugins.wire.protocol import verify as verify_fields
 
 IDS = ["b", "a", "c"]
 
@@ -106,7 +106,7 @@ def test_fast_profile_and_secret_settings() -> None:
 
 
 def test_the_digest_cache_hashes_again_only_when_the_ids_change() -> None:
-    from mingle_plugins.protocol import DigestCache
+    from mingle_plugins.wire.protocol import DigestCache
 
     held = {"a": 1, "b": 2}
     cache = DigestCache()
@@ -122,7 +122,7 @@ def test_the_digest_cache_hashes_again_only_when_the_ids_change() -> None:
 
 
 def test_a_full_list_travels_packed_with_its_ages_when_asked() -> None:
-    from mingle_plugins.protocol import pack_ids, unpack_ids
+    from mingle_plugins.wire.protocol import pack_ids, unpack_ids
 
     ids = ["id-1", "id-2", "id-3"]
     ask = {"v": 2, "want": "full", "ages": [], "packed": True, "nonce": "n" * 16}

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.checks import InvalidReply, _stamp
-from mingle_plugins.protocol import unpack_ids
+from mingle_plugins.hello.checks import InvalidReply, _stamp
+from mingle_plugins.wire.protocol import unpack_ids
 
 MAX_CLOCK = 10**6
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from celery.worker.control import Panel
 
-from mingle_plugins import protocol
-from mingle_plugins.answer import make_hello
+from mingle_plugins.answering.hello import make_hello
 from mingle_plugins.bootstep import Mingle
+from mingle_plugins.wire import protocol
 
 
 def _step(consumer: Any, monkeypatch: pytest.MonkeyPatch, **conf: Any) -> Mingle:
@@ -127,7 +127,7 @@ def test_the_bulk_add_leaves_the_set_as_one_add_per_id_would(state: Any, held: i
     """compat._add_many (one dict update and one heapify) against LimitedSet.add per id."""
     from celery.utils.collections import LimitedSet
 
-    from mingle_plugins import compat
+    from mingle_plugins.wire import compat
 
     now = time.monotonic()
     ids = [f"id-{i}" for i in range(40)]
@@ -151,7 +151,7 @@ def test_the_bulk_add_leaves_the_set_as_one_add_per_id_would(state: Any, held: i
 def test_ages_of_ids_and_a_digest_hello_without_the_id_list(
     consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mingle_plugins import compat
+    from mingle_plugins.wire import compat
 
     state.revoked.add("old", now=time.monotonic() - 30)
     state.revoked.add("ahead", now=time.monotonic() + 50)  # a 5.3-5.6 sender's stamp ahead of our clock

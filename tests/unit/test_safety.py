@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from kombu.message import Message
 from kombu.serialization import prepare_accept_content
 
-from mingle_plugins import protocol
-from mingle_plugins.answer import make_hello
+from mingle_plugins.answering.hello import make_hello
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.checks import Malformed
-from mingle_plugins.collect import read_reply_message
+from mingle_plugins.hello.checks import Malformed
+from mingle_plugins.hello.collect import read_reply_message
+from mingle_plugins.wire import protocol
 
 KEY = "s3cret"
 

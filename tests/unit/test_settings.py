@@ -83,7 +83,7 @@ def mingle_sync_complete(settings):
 
 
 def test_a_plugin_declares_its_settings_and_gets_them_parsed_once(fake_dist, caplog) -> None:
-    from mingle_plugins.config import configure
+    from mingle_plugins.plugins.config import configure
 
     fake_dist("mingle-audit-x", "1.0", {"audit": "audit_x"}, {"audit_x": PLUGIN_WITH_SETTINGS})
     conf = {"mingle_plugin_settings": {"audit": {"every": "5", "loud": "perhaps", "colour": "red"}}}
@@ -106,7 +106,7 @@ def test_a_plugin_declares_its_settings_and_gets_them_parsed_once(fake_dist, cap
 
 
 def test_strict_mode_stops_on_a_bad_plugin_setting(fake_dist) -> None:
-    from mingle_plugins.config import configure
+    from mingle_plugins.plugins.config import configure
 
     fake_dist("mingle-audit-y", "1.0", {"audit": "audit_y"}, {"audit_y": PLUGIN_WITH_SETTINGS})
     conf = {"mingle_strict": True, "mingle_plugin_settings": {"audit": {"every": -1}}}

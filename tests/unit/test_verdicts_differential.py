@@ -3,7 +3,7 @@
 hypothesis generates clusters (honest nodes with id sets, hostile bodies: forged shadows under
 honest names, bad ids inside honest replies, messages naming many nodes, untrusted names; a
 policy dropping one node; signing on or off) and runs them through the real round
-(:class:`mingle_plugins.rounds.MingleRound`: judge, judge_full, share_list, merge, finish)
+(:class:`mingle_plugins.hello.rounds.MingleRound`: judge, judge_full, share_list, merge, finish)
 twice, as the default profile walks whole replies and as the fast profile walks digests and
 verified full lists. The broker path (kombu, Redis, RabbitMQ) is covered by the integration tests.
 """
@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mingle_plugins import hookimpl, protocol
+from mingle_plugins import hookimpl
 from mingle_plugins.bootstep import Mingle
+from mingle_plugins.wire import protocol
 
 KEY = "k" * 32
 NONCE = "n" * 32
@@ -128,7 +129,7 @@ def _run(consumer: Any, monkeypatch: pytest.MonkeyPatch, cluster: dict[str, Any]
 
 
 def _malformed() -> Any:
-    from mingle_plugins.checks import Malformed
+    from mingle_plugins.hello.checks import Malformed
 
     return Malformed("a reply message names 3 nodes; a worker's names itself only")
 

@@ -42,7 +42,7 @@ from mingle_plugins import (
     seconds,
     setting,
 )
-from mingle_plugins.runner import Overdue, call_with_deadline
+from mingle_plugins.plugins.runner import Overdue, call_with_deadline
 
 from .backends import SCHEMES, RevocationStore, open_store, safe_url
 

@@ -17,8 +17,8 @@ from celery.worker.control import Panel
 
 import mingle_store
 from mingle_plugins import Reply, hookimpl
+from mingle_plugins.answering.control import make_revoke
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.control import make_revoke
 from mingle_store import StoreSettings, source_name
 from mingle_store.backends import open_store
 

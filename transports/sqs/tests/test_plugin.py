@@ -264,7 +264,7 @@ def test_count_listeners_leaves_out_self_dead_and_gone(moto: Any) -> None:
 def test_send_hello_deletes_its_reply_queue_when_the_hello_fails(
     moto: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mingle_plugins.collect
+    import mingle_plugins.hello.collect
 
     app = app_with(broker_transport_options={"supports_fanout": True})
     seen: dict[str, Any] = {}
@@ -276,7 +276,7 @@ def test_send_hello_deletes_its_reply_queue_when_the_hello_fails(
         seen["declared"] = chan.canonical_queue_name(options.reply_queue) in queue_names(moto)
         raise RuntimeError("SNS publish failed")
 
-    monkeypatch.setattr(mingle_plugins.collect, "hello_exchange", failing_hello)
+    monkeypatch.setattr(mingle_plugins.hello.collect, "hello_exchange", failing_hello)
     with connect(moto, wait_time_seconds=3) as conn:
         consumer = SimpleNamespace(connection=conn, app=app, hostname="me@h")
         options = HelloOptions(reply_queue=f"mingle-reply-{uuid.uuid4().hex[:16]}")

@@ -2,12 +2,12 @@
 
 A neighbour's hello request carries its revoked ids, which stock Celery's
 handler merges with no check. Here they take the path every reply takes
-(:class:`~mingle_plugins.rounds.MingleRound`: checks, trust, ``mingle_on_reply``,
+(:class:`~mingle_plugins.hello.rounds.MingleRound`: checks, trust, ``mingle_on_reply``,
 the merge policies, the installed Celery's merge), as a :class:`Reply` whose
 ``source`` is ``"request"``; the stock handler then answers with ``revoked=None``.
 A request of this package's extension (``mingle``) gets a digest (kept by a
-:class:`~mingle_plugins.protocol.DigestCache` between hellos), the ids' ages
-and a signature (:mod:`mingle_plugins.protocol`); a stock request gets the
+:class:`~mingle_plugins.wire.protocol.DigestCache` between hellos), the ids' ages
+and a signature (:mod:`mingle_plugins.wire.protocol`); a stock request gets the
 stock reply.
 """
 
@@ -21,20 +21,20 @@ from typing import TYPE_CHECKING, Any
 from celery.utils.log import get_logger
 from celery.worker import control as stock_control
 
-from . import compat, protocol
-from .bulk import gc_paused
-from .checks import InvalidReply, check_nodename, shown
-from .model import Reply
+from ..hello.checks import InvalidReply, check_nodename, shown
+from ..model import Reply
+from ..wire import compat, protocol
+from ..wire.bulk import gc_paused
 
 if TYPE_CHECKING:
-    from .bootstep import Mingle
+    from .step import AnsweringStep
 
 __all__ = ["make_hello"]
 
 logger = get_logger(__name__)
 
 
-def take_request_ids(step: Mingle, consumer: Any, from_node: Any, revoked: Any, ext: Any) -> None:
+def take_request_ids(step: AnsweringStep, consumer: Any, from_node: Any, revoked: Any, ext: Any) -> None:
     """Put the ids of one hello request through the reply path; log what came of them."""
     rnd = step.new_round(consumer)
     body = {"revoked": revoked, "mingle": ext if isinstance(ext, Mapping) else None}
@@ -66,12 +66,12 @@ def _aged_since_sent(reply: Reply) -> Reply:
     return replace(reply, ages={task_id: age + late for task_id, age in reply.ages.items()})
 
 
-def make_hello(step: Mingle, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
+def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the stock ``hello`` handler: the request's ids go through the reply path."""
     digests = protocol.DigestCache()  # this worker's: its ids are hashed once per change
 
     def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
-        with gc_paused():  # lists of 50,000 ids both ways: see mingle_plugins.bulk
+        with gc_paused():  # lists of 50,000 ids both ways: see mingle_plugins.wire.bulk
             return answer(state, from_node, revoked, mingle, **kwargs)
 
     def answer(state: Any, from_node: str, revoked: Any, mingle: Any, **kwargs: Any) -> Any:

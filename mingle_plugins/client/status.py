@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from .control import STATUS_COMMAND
-from .loader import SLOW_IMPORT_SECONDS
+from ..answering.control import STATUS_COMMAND
+from ..plugins.loader import SLOW_IMPORT_SECONDS
 
 __all__ = ["print_status", "query_status", "status_rows", "table"]
 

@@ -5,11 +5,11 @@ the verdict on each neighbour, the ids waiting for the bulk merge); the
 answering side makes one per hello request. A reply walks one way:
 
 1. :meth:`MingleRound.judge`, as the body arrives: checked into a :class:`Reply`
-   (:mod:`mingle_plugins.checks`: a broken body is rejected whole, an invalid
+   (:mod:`mingle_plugins.hello.checks`: a broken body is rejected whole, an invalid
    id is dropped alone), trust and signature applied, then ``mingle_on_reply``
    (fail closed). The first body under a name that passes is that neighbour's
    verdict; every other body under the name is dropped and counted. Only kept
-   verdicts count towards ending a collection (:mod:`mingle_plugins.collect`)
+   verdicts count towards ending a collection (:mod:`mingle_plugins.hello.collect`)
    and only they can be asked for a full list (:meth:`judge_full`, which
    checks the list against the digest the verdict carries);
 2. :meth:`MingleRound.adjust_clock`: ``mingle_adjust_clock``, never backwards;
@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Literal
 
-from . import compat, protocol
+from ..errors import RejectReply
+from ..markers import BUILTIN_NAME
+from ..model import MingleSummary, NodeOutcome, Reply, WorkerConsumer
+from ..plugins.runner import HookRunner
+from ..settings import MingleSettings
+from ..wire import compat, protocol
 from .checks import (
     InvalidReply,
     ReplayGuard,
@@ -42,11 +47,6 @@ from .checks import (
     reply_limits,
     shown,
 )
-from .errors import RejectReply
-from .loader import BUILTIN_NAME
-from .model import MingleSummary, NodeOutcome, Reply, WorkerConsumer
-from .runner import HookRunner
-from .settings import MingleSettings
 
 __all__ = ["MingleRound"]
 

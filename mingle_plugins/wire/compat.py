@@ -23,6 +23,7 @@ from celery.worker import state as worker_state
 _control_logger = get_logger("celery.worker.control")
 
 __all__ = [
+    "CONTROL_STEP",
     "count_fanout_receivers",
     "hello_reply_without_ids",
     "merge_aged",
@@ -35,6 +36,9 @@ __all__ = [
     "sends_ids_only",
     "size_revoked_set",
 ]
+
+#: The name of Celery's remote-control consumer step (where the pidbox node lives).
+CONTROL_STEP = "celery.worker.consumer.control.Control"
 
 
 def sends_ids_only(state: Any = worker_state) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import MingleConfig, configure
+from ..plugins.config import MingleConfig, configure
 
 __all__ = ["RevokeOutcome", "revoke"]
 

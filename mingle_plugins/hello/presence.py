@@ -41,8 +41,8 @@ from kombu.common import ignore_errors
 from kombu.entity import Queue
 from kombu.messaging import Consumer
 
+from ..wire.compat import CONTROL_STEP
 from .checks import InvalidReply, check_nodename, shown
-from .control import CONTROL_STEP
 
 __all__ = [
     "MAX_CHECKS",

@@ -35,7 +35,7 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   when its list was cut): the nodes it saw that are not counted (stock
   workers, workers without presence). These are not signed: like any reply
   on Redis, where the count is the number of node names, they can end a
-  collection early but never add an id (:mod:`mingle_plugins.presence`).
+  collection early but never add an id (:mod:`mingle_plugins.hello.presence`).
 
 A stock newcomer never sends ``mingle``, so it always gets a stock reply.
 """
@@ -52,7 +52,7 @@ from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import HelloOptions
+    from ..model import HelloOptions
 
 __all__ = [
     "EMPTY_DIGEST",
@@ -182,7 +182,7 @@ def sign_request(key: str, nonce: str, node: str, revoked: Any, sent_at: float, 
 def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> str | None:
     """Check a hello request's signature; return ``None`` if valid, else the reason.
 
-    The request's age and nonce are checked apart (:class:`~mingle_plugins.checks.ReplayGuard`):
+    The request's age and nonce are checked apart (:class:`~mingle_plugins.hello.checks.ReplayGuard`):
     they are only worth checking once the signature shows they are the sender's.
     """
     if not isinstance(ext, Mapping) or not isinstance(ext.get("request_signature"), str):

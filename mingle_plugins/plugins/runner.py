@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import pluggy
 
-from .errors import RejectReply
-from .loader import BUILTIN_NAME, MinglePluginManager
-from .markers import is_fail_closed
+from ..errors import RejectReply
+from ..markers import BUILTIN_NAME, is_fail_closed
+from .loader import MinglePluginManager
 
 __all__ = ["Fault", "HookRunner", "ImplResult", "Overdue", "PluginHung", "call_with_deadline"]
 

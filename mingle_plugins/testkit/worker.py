@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .model import MingleSummary, NodeOutcome
+from ..model import MingleSummary, NodeOutcome
 
 __all__ = [
     "APP_TEMPLATE",

@@ -2,7 +2,7 @@
 
 Load it from the ``conftest.py`` at the root of your tests::
 
-    pytest_plugins = ["mingle_plugins.pytest_plugin"]
+    pytest_plugins = ["mingle_plugins.testkit.pytest_plugin"]
 
 It is not registered as a ``pytest11`` entry point on purpose: such a plugin
 would load in the pytest run of every project that has this package installed
@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from .testkit import Cluster
+from . import Cluster
 
 __all__ = ["MakeCluster", "mingle_cluster", "mingle_worker_python"]
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SettingsError
+from ..errors import SettingsError
+from ..settings import MingleSettings, SettingsRegistry, load_settings
 from .loader import MinglePluginManager, get_plugin_manager
 from .runner import HookRunner
-from .settings import MingleSettings, SettingsRegistry, load_settings
 
 __all__ = ["MingleConfig", "configure"]
 

@@ -16,12 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import protocol
-from .errors import RejectReply
-from .model import Reply
+from ..errors import RejectReply
+from ..model import Reply
+from ..wire import protocol
 
 if TYPE_CHECKING:
-    from .settings import MingleSettings
+    from ..settings import MingleSettings
 
 __all__ = [
     "MAX_NODENAME_LENGTH",
@@ -276,7 +276,7 @@ def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[st
 
 
 def _unpacked(revoked: Any, packed: Any, limits: ReplyLimits) -> Any:
-    """``revoked``, or the ids packed into ``mingle.ids`` (:func:`~mingle_plugins.protocol.pack_ids`)."""
+    """``revoked``, or the ids packed into ``mingle.ids`` (:func:`~mingle_plugins.wire.protocol.pack_ids`)."""
     if packed is None:
         return revoked
     if revoked:

@@ -1,9 +1,9 @@
 """Collecting the replies to a hello over kombu: one reply queue, one consumer, one deadline.
 
 Request: the stock pidbox ``hello`` control command, ``{"from_node": ...,
-"revoked": ...}`` (plus the ``mingle`` extension of :mod:`mingle_plugins.protocol`).
+"revoked": ...}`` (plus the ``mingle`` extension of :mod:`mingle_plugins.wire.protocol`).
 Replies: ``{nodename: body}``, handed over as received; the step checks them
-(:mod:`mingle_plugins.checks`).
+(:mod:`mingle_plugins.hello.checks`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from kombu.entity import Queue
 from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
-from . import compat, protocol
+from ..model import HelloOptions, Verdicts
+from ..wire import compat, protocol
 from .checks import Malformed, body_problem, decode_error_reason, shown
-from .model import HelloOptions, Verdicts
 from .presence import PresenceCount, SideChannel
 
 __all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
@@ -220,7 +220,7 @@ class HelloCollector:
         return None if count is None else count > 0
 
     def _presence_count(self, own: str | None) -> PresenceCount | None:
-        """The rule of :mod:`mingle_plugins.presence`, when the presence queue has consumers."""
+        """The rule of :mod:`mingle_plugins.hello.presence`, when the presence queue has consumers."""
         queue = self.options.presence_queue
         if queue is None or self.connection.transport.driver_type != "amqp":
             return None
@@ -320,7 +320,7 @@ class HelloCollector:
         replied (``destination``, ``options.expected_replies``, or on Redis the
         number of subscribers the hello reached when ``options.count_receivers``);
         on AMQP with ``options.presence_queue``, by the rule of
-        :class:`~mingle_plugins.presence.PresenceCount`; without a count,
+        :class:`~mingle_plugins.hello.presence.PresenceCount`; without a count,
         ``options.quiet_window`` waits that long after each reply, with
         ``timeout`` as the bound of the whole collection. Each body is judged
         as it arrives (``verdicts``): only kept bodies are returned, and only they

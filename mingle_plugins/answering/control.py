@@ -12,24 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
 
-from .answer import make_hello
-from .checks import ReplyLimits, valid_ids
+from ..hello.checks import ReplyLimits, valid_ids
+from ..wire.compat import CONTROL_STEP
+from .hello import make_hello
 
 if TYPE_CHECKING:
-    from .bootstep import Mingle
+    from .step import AnsweringStep
 
-__all__ = ["CONTROL_STEP", "STATUS_COMMAND", "install_handlers", "make_revoke", "status_reply"]
+__all__ = ["STATUS_COMMAND", "install_handlers", "make_revoke", "status_reply"]
 
 logger = get_logger(__name__)
-
-#: The name of Celery's remote-control consumer step.
-CONTROL_STEP = "celery.worker.consumer.control.Control"
 
 #: ``app.control.broadcast(STATUS_COMMAND, reply=True)`` asks workers about their last mingle.
 STATUS_COMMAND = "mingle_status"
 
 
-def status_reply(step: Mingle) -> dict[str, Any]:
+def status_reply(step: AnsweringStep) -> dict[str, Any]:
     """What a worker says about its Mingle step: settings, plugins, last mingle."""
     return {
         "enabled": bool(step.enabled),
@@ -50,7 +48,7 @@ def status_reply(step: Mingle) -> dict[str, Any]:
     }
 
 
-def make_revoke(step: Mingle, stock_revoke: Callable[..., Any]) -> Callable[..., Any]:
+def make_revoke(step: AnsweringStep, stock_revoke: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the stock ``revoke`` handler: invalid ids are refused with an error reply (the valid
     ones of the same command are revoked), then the ``mingle_on_revoke`` plugins see the ids."""
 
@@ -79,7 +77,7 @@ def make_revoke(step: Mingle, stock_revoke: Callable[..., Any]) -> Callable[...,
     return revoke
 
 
-def install_handlers(parent: Any, step: Mingle) -> bool:
+def install_handlers(parent: Any, step: AnsweringStep) -> bool:
     """Give the consumer's pidbox node its own handler table with our commands.
 
     :return: ``False`` when the worker has no remote control (nothing to install).

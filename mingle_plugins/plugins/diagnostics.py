@@ -21,10 +21,10 @@ from typing import Any
 import pluggy
 from kombu.utils.url import maybe_sanitize_url
 
+from ..errors import SettingsError
+from ..settings import MingleSettings, load_settings
 from .config import MingleConfig, configure
-from .errors import SettingsError
 from .runner import HookRunner, Overdue, call_with_deadline
-from .settings import MingleSettings, load_settings
 
 __all__ = [
     "KNOWN_DRIVER_TYPES",

@@ -4,7 +4,7 @@
 step's ``compatible_transports`` (the stock set of the installed Celery)
 answers, so that a subclass may change it. ``mingle_merge_revoked`` has
 none: with no policy every id is kept, and the host merges as the installed
-Celery does (:func:`mingle_plugins.compat.merge_ids`).
+Celery does (:func:`mingle_plugins.wire.compat.merge_ids`).
 
 Registered first under the name ``builtin``, so they run last: any plugin's
 answer comes before them.
@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .collect import hello_exchange
-from .markers import hookimpl
-from .model import HelloOptions, Verdicts, WorkerConsumer
+from ..hello.collect import hello_exchange
+from ..markers import hookimpl
+from ..model import HelloOptions, Verdicts, WorkerConsumer
 
 __all__ = ["mingle_adjust_clock", "mingle_send_hello"]
 
@@ -30,7 +30,7 @@ def mingle_send_hello(
     it arrives.
 
     With the default settings this is exactly the stock hello; see
-    :func:`mingle_plugins.collect.hello_exchange` for what the options change.
+    :func:`mingle_plugins.hello.collect.hello_exchange` for what the options change.
     """
     return hello_exchange(consumer, revoked, options, verdicts)
 

@@ -14,7 +14,7 @@ answer its hello. :meth:`Cluster.filesystem` needs no server at all::
     assert summary.ids_merged == 1
     cluster.close()
 
-This module needs no pytest; :mod:`mingle_plugins.pytest_plugin` wraps it in
+This module needs no pytest; :mod:`mingle_plugins.testkit.pytest_plugin` wraps it in
 fixtures. It is used by this project's own tests, its demo and its benchmark.
 """
 
@@ -28,10 +28,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .control import STATUS_COMMAND
-from .model import MingleSummary
-from .settings import MingleSettings, SettingsRegistry, load_settings
-from .testkit_worker import (
+from ..answering.control import STATUS_COMMAND
+from ..model import MingleSummary
+from ..settings import MingleSettings, SettingsRegistry, load_settings
+from .worker import (
     APP_TEMPLATE,
     ATOMIC_FILESYSTEM,
     CONF_ENV,

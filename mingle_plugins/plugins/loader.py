@@ -18,13 +18,13 @@ from typing import Any, Literal
 import pluggy
 from importlib_metadata import EntryPoint, entry_points
 
-from . import builtin, hookspecs
-from .errors import PluginLoadError
-from .markers import ENTRY_POINT_GROUP, PROJECT_NAME
-from .settings import MingleSettings
+from .. import hookspecs
+from ..errors import PluginLoadError
+from ..markers import BUILTIN_NAME, ENTRY_POINT_GROUP, PROJECT_NAME
+from ..settings import MingleSettings
+from . import builtin
 
 __all__ = [
-    "BUILTIN_NAME",
     "SLOW_IMPORT_SECONDS",
     "MinglePluginManager",
     "PluginRecord",
@@ -32,9 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("mingle_plugins")
-
-#: The name the built-in (stock behaviour) implementations are registered under.
-BUILTIN_NAME = "builtin"
 
 #: The default of ``mingle_slow_import`` (declared there): a plugin whose import takes longer
 #: gets one WARNING line, as every worker start (and every ``celery mingle`` command) waits for it.
