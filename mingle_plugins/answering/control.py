@@ -45,6 +45,7 @@ def status_reply(step: AnsweringStep) -> dict[str, Any]:
             for r in step.pm.records
         ],
         "last": step.last_summary.as_dict() if step.last_summary else None,
+        "faults": step.runner.fault_list(),
     }
 
 

@@ -11,6 +11,7 @@ from celery.bin.base import CeleryCommand, CeleryOption
 from celery.utils.imports import symbol_by_name
 
 from ..bootstep import Mingle
+from ..client.status import fault_lines, query_status
 from ..consumer import Blueprint as MingleBlueprint
 from ..markers import BUILTIN_NAME
 from ..plugins.diagnostics import (
@@ -26,7 +27,7 @@ from ..settings import ENV_PLUGINS
 from ._output import app_label, echo_json, obj_app
 from .plugins import plugin_rows, slow_imports
 
-__all__ = ["EX_BROKEN", "check", "check_app", "consumer_ok"]
+__all__ = ["EX_BROKEN", "check", "check_app", "consumer_ok", "live_report"]
 
 #: ``celery mingle check``: something in the configuration is broken.
 EX_BROKEN = 1
@@ -129,19 +130,55 @@ def check_app(app: Any) -> dict[str, Any]:
     }
 
 
+def live_report(app: Any, timeout: float) -> dict[str, Any]:
+    """What the live workers report of their plugins' runtime faults (``mingle_status``).
+
+    :return: ``{"asked": bool, "workers": [names], "faults": [lines], "error": str | None}``;
+        a broker that cannot be reached is an ``error``, not a fault of the configuration.
+    """
+    try:
+        with app.connection_for_write() as conn:  # one try, not kombu's retry loop
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+        result = query_status(app, timeout=timeout)
+    except Exception as exc:  # the broker is down or refuses: the offline check still stands
+        return {"asked": False, "workers": [], "faults": [], "error": f"{type(exc).__name__}: {exc}"}
+    workers = result["workers"]
+    return {"asked": True, "workers": sorted(workers), "faults": fault_lines(workers), "error": None}
+
+
 @click.command(cls=CeleryCommand)
 @click.option("--json", "as_json", is_flag=True, cls=CeleryOption, help="Print JSON for scripts.")
+@click.option(
+    "--live/--no-live",
+    default=True,
+    cls=CeleryOption,
+    help="Also ask the live workers (mingle_status) for their plugins' runtime faults.",
+)
+@click.option(
+    "-t",
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    cls=CeleryOption,
+    help="Seconds to wait for the live workers' answers.",
+)
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
-    """Check the app's mingle configuration without starting a worker.
+def check(ctx: click.Context, as_json: bool, live: bool, timeout: float) -> None:
+    """Check the app's mingle configuration without starting a worker, then ask the live
+    workers (if the broker can be reached) for their plugins' runtime faults.
 
     Exit status 1 when something is broken: a bad mingle_* setting, a plugin
-    that fails, a broker transport that cannot load, or worker_consumer not
-    running this package's step.
+    that fails, a broker transport that cannot load, worker_consumer not
+    running this package's step, or a live worker reporting a plugin fault.
     """
+    app = obj_app(ctx)
     with quiet_logs() as records:  # what the plugins log while asked is in the report
-        report = check_app(obj_app(ctx))
+        report = check_app(app)
+        report["live"] = live_report(app, timeout) if live else {"asked": False, "error": "--no-live"}
     report["warnings"] += [f"a plugin says: {line}" for line in plugin_warnings(records)]
+    report["broken"] += [f"runtime fault: {line}" for line in report["live"].get("faults", ())]
+    if live and not report["live"]["asked"]:
+        report["warnings"].append(f"live workers not asked: {report['live']['error']}")
     if as_json:
         echo_json(report)
     else:
@@ -180,6 +217,9 @@ def print_check(r: Mapping[str, Any]) -> None:
         click.echo("would mingle:    no")
         for reason in r["why_not"]:
             click.echo(f"  - {reason}")
+    live = r.get("live") or {}
+    if live.get("asked"):
+        click.echo(f"live workers:    {len(live['workers'])} answered mingle_status")
     for w in r["warnings"]:
         click.echo(f"note: {w}")
     if r["broken"]:

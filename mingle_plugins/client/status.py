@@ -14,7 +14,7 @@ import click
 from ..answering.control import STATUS_COMMAND
 from ..plugins.loader import SLOW_IMPORT_SECONDS
 
-__all__ = ["print_status", "query_status", "status_rows", "table"]
+__all__ = ["fault_lines", "print_status", "query_status", "status_rows", "table"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -57,6 +57,19 @@ def query_status(app: Any, timeout: float = 1.0, destination: Sequence[str] | No
         if node not in workers and node not in stock:
             stock[node] = "no mingle_status (did not answer it)"
     return {"workers": workers, "stock": stock}
+
+
+def fault_lines(workers: Mapping[str, Any]) -> list[str]:
+    """One line per runtime plugin fault a live worker reports (raised, hung, wrong return)."""
+    lines = []
+    for node, reply in workers.items():
+        for f in reply.get("faults") or ():
+            if isinstance(f, Mapping):
+                lines.append(
+                    f"{node}: plugin {f.get('plugin')!r} {f.get('kind')} in {f.get('hook')} "
+                    f"({f.get('count')} time(s)), last: {f.get('last')}"
+                )
+    return lines
 
 
 def status_rows(workers: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -127,6 +140,7 @@ def print_status(result: Mapping[str, Any]) -> None:
             took = p.get("import_seconds")
             if isinstance(took, (int, float)) and took > SLOW_IMPORT_SECONDS:
                 details.append(f"{node}: plugin {p['name']} took {took:.1f}s to import")
+    details += fault_lines(workers)
     if details:
         click.echo("")
         click.echo("\n".join(details))

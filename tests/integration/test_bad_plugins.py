@@ -340,3 +340,41 @@ def test_hung_reply_filter_fails_closed_for_every_reply(hood: Neighbourhood, tmp
             worker.stop()
     finally:
         second.close()
+
+
+def test_runtime_fault_shown_by_status_and_check(hood: Neighbourhood, faults_python: Path, tmp_path: Path) -> None:
+    """A policy that raises at run time: counted in the summary, listed by ``mingle_status``,
+    printed by ``celery mingle status`` and a failure of ``celery mingle check`` (exit 1)."""
+    worker, mine = start_newcomer(hood, "merge_raises", tmp_path)
+    try:
+        assert worker.wait_for(r"mingle: summary: .*, 1 plugin faults")
+        replies = hood.cluster.client.control.broadcast(
+            "mingle_status", reply=True, timeout=5, destination=[worker.nodename]
+        )
+        faults = replies[0][worker.nodename]["faults"]
+        assert [(f["plugin"], f["hook"], f["kind"], f["count"]) for f in faults] == [
+            ("merge_raises", "mingle_merge_revoked", "raised", 1)
+        ]
+        env = {**os.environ, "CELERY_MINGLE_PLUGINS": "merge_raises"}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(faults_python), "-m", "celery", "-A", "proj", "mingle", *args],
+                env=env,
+                cwd=hood.cluster.directory,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        line = f"{worker.nodename}: plugin 'merge_raises' raised in mingle_merge_revoked (1 time(s))"
+        status = run("status", "--destination", worker.nodename)
+        assert status.returncode == 0, status.stderr
+        assert line in status.stdout, status.stdout
+        check = run("check")
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert f"runtime fault: {line}" in check.stdout, check.stdout
+        offline = run("check", "--no-live")
+        assert "runtime fault" not in offline.stdout, offline.stdout
+    finally:
+        worker.stop()
