@@ -342,12 +342,15 @@ def test_hung_reply_filter_fails_closed_for_every_reply(hood: Neighbourhood, tmp
         second.close()
 
 
-def test_runtime_fault_shown_by_status_and_check(hood: Neighbourhood, faults_python: Path, tmp_path: Path) -> None:
+def test_runtime_fault_shown_by_status_and_check(
+    hood: Neighbourhood, faults_python: Path, tmp_path: Path
+) -> None:
     """A policy that raises at run time: counted in the summary, listed by ``mingle_status``,
     printed by ``celery mingle status`` and a failure of ``celery mingle check`` (exit 1)."""
     worker, mine = start_newcomer(hood, "merge_raises", tmp_path)
     try:
         assert worker.wait_for(r"mingle: summary: .*, 1 plugin faults")
+        assert mine | hood.theirs <= hood.cluster.revoked(worker.nodename)  # not fail-closed: merged
         replies = hood.cluster.client.control.broadcast(
             "mingle_status", reply=True, timeout=5, destination=[worker.nodename]
         )
