@@ -20,7 +20,6 @@ from .model import HelloOptions, MingleSummary
 from .parsers import parse_seconds
 from .plugins.config import configure
 from .plugins.diagnostics import decide_transport, load_transport
-from .plugins.runner import PluginHung
 from .wire import compat
 from .wire.bulk import gc_paused
 
@@ -260,18 +259,15 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             return {}
         rnd.nonce = options.nonce
         revoked = compat.revoked_for_hello(c.controller.state)
-        try:
-            replies = self.runner.first(
-                "mingle_send_hello",
-                consumer=c,
-                revoked=revoked,
-                timeout=options.timeout,
-                options=options,
-                settings=self.settings,
-                verdicts=rnd,
-            )
-        except PluginHung:
-            return {}
+        replies = self.runner.first(  # a hung or raising implementation is skipped, and recorded
+            "mingle_send_hello",
+            consumer=c,
+            revoked=revoked,
+            timeout=options.timeout,
+            options=options,
+            settings=self.settings,
+            verdicts=rnd,
+        )
         if replies is None:
             return {}
         if not isinstance(replies, Mapping):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MingleError", "PluginLoadError", "RejectReply", "SettingsError"]
+__all__ = ["FailedClosed", "MingleError", "PluginLoadError", "RejectReply", "SettingsError"]
 
 
 class MingleError(Exception):
@@ -29,3 +29,12 @@ class RejectReply(MingleError):
     The message is the reason; it is logged with the node name and counted in
     the mingle summary.
     """
+
+
+class FailedClosed(RejectReply):
+    """Raised by the hook runner when an implementation that must vouch for a call (a check
+    hook, or one marked :func:`~mingle_plugins.fail_closed`) raised, hung or is still busy."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(message)

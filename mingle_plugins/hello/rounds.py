@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Literal
 
-from ..errors import RejectReply
+from ..errors import FailedClosed, RejectReply
 from ..markers import BUILTIN_NAME
 from ..model import MingleSummary, NodeOutcome, Reply, WorkerConsumer
 from ..plugins.runner import HookRunner
@@ -297,9 +297,8 @@ class MingleRound:
                 if dropped:
                     dropped_by[result.plugin] = dropped
                 keep &= kept
-        except RejectReply as exc:  # a fail-closed policy failed: it keeps none of them
-            plugin = str(exc).split("'")[1] if "'" in str(exc) else "a fail-closed policy"
-            dropped_by[plugin] = len(all_ids)
+        except FailedClosed as exc:  # a fail-closed policy failed: it keeps none of them
+            dropped_by[exc.plugin] = len(all_ids)
             return [], dropped_by
         return [task_id for task_id in ids if task_id in keep], dropped_by
 

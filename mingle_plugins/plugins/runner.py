@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import pluggy
 
-from ..errors import RejectReply
+from ..errors import FailedClosed, RejectReply
 from ..markers import BUILTIN_NAME, is_fail_closed
 from .loader import MinglePluginManager
 
@@ -187,8 +187,8 @@ class HookRunner:
         A faulty implementation is recorded (:meth:`record_fault`) and skipped.
         When the hook is a check (``fail_closed``) or the implementation is
         marked :func:`~mingle_plugins.fail_closed`, a fault raises
-        :class:`RejectReply` naming the plugin instead, also while an earlier
-        call of it is still running. The caller may stop early (``firstresult``).
+        :class:`~mingle_plugins.errors.FailedClosed` (a :class:`RejectReply`) naming the
+        plugin instead, also while an earlier call of it is still running. The caller may stop early (``firstresult``).
         """
         for impl in self.implementations(name):
             plugin_name = self.plugin_name(impl.plugin)
@@ -196,7 +196,9 @@ class HookRunner:
             if self.is_hung(impl.plugin, name):
                 self.record_fault(plugin_name, name, "hung", "is still running an earlier call; not called")
                 if closed:  # it cannot vouch for this call
-                    raise RejectReply(f"plugin {plugin_name!r} is still running an earlier call of {name}")
+                    raise FailedClosed(
+                        plugin_name, f"plugin {plugin_name!r} is still running an earlier call of {name}"
+                    )
                 continue
             try:
                 value = self._call_one(impl, name, kwargs)
@@ -215,7 +217,7 @@ class HookRunner:
                 continue
             self.record_fault(plugin_name, name, kind, problem)
             if closed:
-                raise RejectReply(f"plugin {plugin_name!r} {problem}")
+                raise FailedClosed(plugin_name, f"plugin {plugin_name!r} {problem}")
 
     def first(self, name: str, **kwargs: Any) -> Any:
         """A ``firstresult`` hook: the first non-``None`` answer, or ``None``."""
