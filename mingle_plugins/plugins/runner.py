@@ -188,7 +188,8 @@ class HookRunner:
         When the hook is a check (``fail_closed``) or the implementation is
         marked :func:`~mingle_plugins.fail_closed`, a fault raises
         :class:`~mingle_plugins.errors.FailedClosed` (a :class:`RejectReply`) naming the
-        plugin instead, also while an earlier call of it is still running. The caller may stop early (``firstresult``).
+        plugin instead, also while an earlier call of it is still running. The caller may
+        stop early (``firstresult``).
         """
         for impl in self.implementations(name):
             plugin_name = self.plugin_name(impl.plugin)
