@@ -13,7 +13,7 @@ from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
 from .answering.control import install_handlers
-from .hello.checks import InvalidReply, ReplayGuard, check_body, reply_limits, shown
+from .hello.checks import InvalidReply, ReplayGuard, check_body, is_malformed_label, reply_limits, shown
 from .hello.presence import PresenceState, queue_name
 from .hello.rounds import MingleRound
 from .model import HelloOptions, MingleSummary
@@ -157,9 +157,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             replies.update(self.extra_replies(c, replies, summary.sources_unreached))
         except Exception as exc:  # a source must not stop the mingle
             error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
-        # Every node heard: the replies kept, then the names whose every reply was rejected.
+        # Every node heard: the replies kept, then the names whose every reply was rejected
+        # (a malformed message is a rejection, not a node).
         heard = [str(node) for node, value in replies.items() if value]
-        heard += [name for name in summary.rejected if name not in replies]
+        heard += [n for n in summary.rejected if n not in replies and not is_malformed_label(n)]
         if heard:
             summary.neighbours = heard
             info("mingle: sync with %s nodes", len(summary.neighbours))

@@ -33,6 +33,8 @@ __all__ = [
     "check_nodename",
     "check_reply",
     "check_trust",
+    "is_malformed_label",
+    "malformed_label",
     "valid_ids",
     "body_problem",
     "decode_error_reason",
@@ -49,6 +51,18 @@ _KNOWN_KEYS = frozenset({"clock", "revoked", "mingle", "self", "c"})
 
 class InvalidReply(ValueError):
     """A neighbour's reply failed a check; the message says which."""
+
+
+MALFORMED_PREFIX = "<malformed reply "
+
+
+def malformed_label(n: int) -> str:
+    """The name a malformed reply message is counted under: no node's (a message, not a node)."""
+    return f"{MALFORMED_PREFIX}{n}>"
+
+
+def is_malformed_label(name: str) -> bool:
+    return name.startswith(MALFORMED_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from kombu.utils.uuid import uuid
 
 from ..model import HelloOptions, Verdicts
 from ..wire import compat, protocol
-from .checks import Malformed, body_problem, decode_error_reason, shown
+from .checks import Malformed, body_problem, decode_error_reason, malformed_label, shown
 from .presence import PresenceCount, SideChannel
 
 __all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
@@ -34,6 +34,11 @@ _SLICE = 0.25
 #: list that arrived verified, a request sent), and at most this many hello timeouts in all,
 #: however many digests were claimed: a claim that is never honoured costs one timeout in all.
 FULL_LIST_PATIENCE = 5
+
+#: When a count of subscribers ends a collection: how long the replies already on their way
+#: are taken first, so that more names than subscribers (a node answering under several
+#: names) is seen and the count not trusted.
+READY_GRACE = 0.005
 
 
 def _publish_to_queue(
@@ -170,7 +175,7 @@ class HelloCollector:
 
     def _add_malformed(self, replies: dict[str, Any], malformed: Malformed) -> None:
         self._malformed += 1
-        name = f"<malformed reply {self._malformed}>"
+        name = malformed_label(self._malformed)
         if self.verdicts is None:
             replies[name] = malformed
         else:  # rejected with its reason, counted; it counts towards nothing
@@ -248,6 +253,12 @@ class HelloCollector:
             self.connection.drain_events(timeout=min(wait, _SLICE))
         except TimeoutError:  # socket.timeout: the caller checks the time
             pass
+
+    def _drain_ready(self, grace: float = READY_GRACE) -> None:
+        """Take the reply messages that are already here (``grace`` seconds at most)."""
+        until = time.monotonic() + grace
+        while (left := until - time.monotonic()) > 0:
+            self._drain(left)
 
     def fetch_full_lists(
         self, arguments: Mapping[str, Any], groups: Mapping[str, list[str]]
@@ -352,6 +363,8 @@ class HelloCollector:
         started = last_reply = time.monotonic()
         seen = 0
         phase = "wait"
+        counted = expected is not None and not destination and options.expected_replies is None
+        overrun: float | None = None  # the count proved wrong: the collection ends at this time
         while True:
             if len(replies) > seen:
                 seen, last_reply = len(replies), time.monotonic()
@@ -359,8 +372,26 @@ class HelloCollector:
             # the collection open, as they do in kombu's collector. With a known count only
             # the timeout ends the wait: a busy neighbour may answer later than the window.
             window = bool(replies) and options.quiet_window is not None
-            if expected is not None:
+            if overrun is not None:
+                window = False
+            elif expected is not None:
                 if len(replies.keys() - {own}) >= expected:
+                    if counted:
+                        counted = False
+                        self._drain_ready()  # the replies already here: more than the count?
+                        heard_names = len(replies.keys() - {own})
+                        if heard_names > expected:
+                            # One subscriber answers under several names (or a name was forged):
+                            # the count cannot end the collection; one hello timeout, in all.
+                            logger.warning(
+                                "mingle: %d names answered a hello that reached %d subscribers: "
+                                "waiting %gs for every reply rather than ending at the count",
+                                heard_names,
+                                expected,
+                                timeout,
+                            )
+                            overrun = time.monotonic() + timeout
+                            continue
                     break
                 window = False
             elif rule is not None:
@@ -368,7 +399,9 @@ class HelloCollector:
                 if phase == "done":
                     break
                 window = window and phase == "window"
-            if window:
+            if overrun is not None:
+                until = overrun
+            elif window:
                 until = min(last_reply + options.quiet_window, started + timeout)  # type: ignore[operator]
             else:
                 until = last_reply + timeout
@@ -458,25 +491,35 @@ def _fetch_full_lists(
 ) -> None:
     """The digest round: one verified full list per digest this node does not have, into ``replies``."""
     own = protocol.digest(protocol.reply_ids(revoked))
-    groups: dict[str, list[str]] = {}
-    for node in replies:
-        kept = verdicts.kept.get(node)
-        claim = kept.extension if kept is not None else {}
-        if claim.get("digest") not in (None, own) and claim.get("count"):
-            groups.setdefault(str(claim["digest"]), []).append(node)
-    if not groups:
-        return
-    for nodes in groups.values():
-        # In a random order: when many newcomers start at once, the full lists are served by
-        # all the nodes that share a digest, not all by the one that answers first.
-        random.shuffle(nodes)
-    got = collector.fetch_full_lists(protocol.full_list_request(hostname, arguments), groups)
-    for digest, source in got.items():
-        replies[source] = collector.lists[source]
-        verdicts.share_list(source, groups[digest])
-        logger.debug(
-            "mingle: full list of digest %.12s from %s (%d nodes share it)",
-            digest,
-            shown(source),
-            len(groups[digest]),
-        )
+    grouped: set[str] = set()
+    fetched: dict[str, str] = {}  # digest -> the node whose full list was taken
+    for _ in range(2):  # once more for digests whose reply came in while the lists were fetched
+        groups: dict[str, list[str]] = {}
+        for node in list(replies):
+            kept = verdicts.kept.get(node)
+            claim = kept.extension if kept is not None else {}
+            if node in grouped or claim.get("digest") in (None, own) or not claim.get("count"):
+                continue
+            grouped.add(node)
+            digest = str(claim["digest"])
+            if digest in fetched:  # a late node of a digest already fetched shares that list
+                verdicts.share_list(fetched[digest], [node])
+            else:
+                groups.setdefault(digest, []).append(node)
+        if not groups:
+            return
+        for nodes in groups.values():
+            # In a random order: when many newcomers start at once, the full lists are served by
+            # all the nodes that share a digest, not all by the one that answers first.
+            random.shuffle(nodes)
+        got = collector.fetch_full_lists(protocol.full_list_request(hostname, arguments), groups)
+        for digest, source in got.items():
+            fetched[digest] = source
+            replies[source] = collector.lists[source]
+            verdicts.share_list(source, groups[digest])
+            logger.debug(
+                "mingle: full list of digest %.12s from %s (%d nodes share it)",
+                digest,
+                shown(source),
+                len(groups[digest]),
+            )
