@@ -171,6 +171,8 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             else:
                 rnd.walk(replies)
             info("mingle: sync complete")
+        elif summary.rejected:
+            info("mingle: no reply kept: %d rejected", len(summary.rejected))
         else:
             info("mingle: all alone")
         rnd.finish(before)

@@ -172,5 +172,6 @@ def test_every_bad_body_is_rejected_with_its_real_reason(
     assert any(r.startswith("content type refused") for r in reasons), reasons
     assert "nesting too deep to decode" in reasons and "empty body ({})" in reasons
     assert "empty body (null)" in reasons
-    assert "mingle: sync with 5 nodes" in lines
-    assert any(re.match(r"mingle: summary: 5 neighbours, 0 accepted, .* 5 rejected", m) for m in lines), lines
+    # Five messages, no node: each a rejection, none a neighbour.
+    assert "mingle: no reply kept: 5 rejected" in lines, lines
+    assert any(re.match(r"mingle: summary: 0 neighbours, 0 accepted, .* 5 rejected", m) for m in lines), lines

@@ -158,7 +158,8 @@ def test_hostile_replies_are_rejected_whole_and_bad_ids_alone(
     )
     rejected = len(hostile) + 1
     assert re.search(
-        rf"mingle: summary: {rejected + 1 + len(bad_ids)} neighbours, {1 + len(bad_ids)} accepted, "
+        # The malformed message is a rejection, not a neighbour.
+        rf"mingle: summary: {rejected + len(bad_ids)} neighbours, {1 + len(bad_ids)} accepted, "
         rf"{2 + len(bad_ids)} ids merged, 0 dropped by policy, {rejected} rejected, "
         r".*, 3 invalid ids dropped",
         worker.log(),
