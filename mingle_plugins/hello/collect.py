@@ -266,15 +266,17 @@ class HelloCollector:
         """The digest round: for each digest of ``groups`` (``{digest: kept nodes that sent it}``),
         the full list of one of its nodes, checked against the digest by the verdicts.
 
-        One node per digest is asked at once, every digest in one request; a node
-        whose list is not the promised one is replaced by the next node of its
-        digest. The lists are awaited one hello timeout after the last progress, at
-        most ``FULL_LIST_PATIENCE`` timeouts in all. Returns ``{digest: node}`` for
-        the digests whose list arrived; the bodies are in :attr:`lists`.
+        One node per digest is asked at once, every digest in one request. A list
+        under an asked node's name that is not the promised one (a forger may answer
+        first, under that name) makes the next node of the digest asked too, and
+        the asked node's own list is still awaited. The lists are awaited one hello
+        timeout after the last progress, at most ``FULL_LIST_PATIENCE`` timeouts in
+        all. Returns ``{digest: node}`` for the digests whose list arrived; the
+        bodies are in :attr:`lists`.
         """
         timeout = self.options.timeout
         waiting = {digest: list(nodes) for digest, nodes in groups.items()}
-        asked: dict[str, str] = {}
+        asked: dict[str, str] = {}  # digest -> the node asked last
         got: dict[str, str] = {}
         started = last_progress = time.monotonic()
         while True:
@@ -297,11 +299,8 @@ class HelloCollector:
                     del waiting[digest]
                     asked.pop(digest, None)
                     last_progress = time.monotonic()
-                elif asked.get(digest) in self.failed_lists:
-                    del asked[digest]  # the next node of the digest, if any, is asked
-            for digest in [d for d, nodes in waiting.items() if d not in asked and not nodes]:
-                del waiting[digest]
-                logger.warning("mingle: no node of digest %.12s sent its full list", digest)
+                elif asked.get(digest) in self.failed_lists and waiting[digest]:
+                    del asked[digest]  # the next node of the digest is asked too
             if not waiting:
                 return got
             if not any(d not in asked and waiting[d] for d in waiting):

@@ -5,7 +5,8 @@ honest names, bad ids inside honest replies, messages naming many nodes, untrust
 policy dropping one node; signing on or off) and runs them through the real round
 (:class:`mingle_plugins.hello.rounds.MingleRound`: judge, judge_full, share_list, merge, finish)
 twice, as the default profile walks whole replies and as the fast profile walks digests and
-verified full lists. The broker path (kombu, Redis, RabbitMQ) is covered by the integration tests.
+verified full lists. The same clusters on the real broker path (kombu, Redis, in-process
+neighbours): tests/integration/test_verdicts_on_redis.py.
 """
 
 from __future__ import annotations
