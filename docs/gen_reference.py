@@ -41,14 +41,23 @@ called with keyword arguments; an implementation may take any subset of them.
 
 Order: the built-in implementations (stock Celery behaviour, module `mingle_plugins.plugins.builtin`) are
 registered first, so they run last. Plugins run in reverse load order (entry points are loaded
-sorted by name); `tryfirst`/`trylast` move them. Each implementation is called on its own: one that
-raises is skipped for that call, with one `mingle:` log line naming it, and the others still run
-exactly once; one that does not return within `mingle_plugin_timeout` is abandoned and not called
-again by that worker. Hook wrappers are not supported.
+sorted by name); `tryfirst`/`trylast` move them. Each implementation is called on its own, through
+one call loop: one that raises, or returns a value of the wrong kind, is skipped for that call
+(logged once at ERROR, then counted: `summary.plugin_faults`, `celery mingle status`, a problem
+of `celery mingle check`), and the others still run exactly once; one that does not return
+within `mingle_plugin_timeout` is abandoned for that call, skipped *in that hook only* while the
+call is still running, and called again once it returned. In a check hook (`mingle_on_reply`) a
+fault rejects the reply; a merge policy marked `@mingle_plugins.fail_closed` keeps none of the
+node's ids when it fails; any other fault fails open. Hook wrappers are not supported.
 
 Every hook that looks at a neighbour's reply gets the same typed value, a `Reply`
 (`mingle_plugins.Reply`: `nodename`, `clock`, `ids`, `stamps`, `source`, `extension`, `extra`), on
-every path: per-reply merge, bulk merge and the answering side (`source == "request"`).
+every path: per-reply merge, bulk merge and the answering side (`source == "request"`). A reply
+reaches the hooks only after its verdict: one per neighbour (the first body under its name that
+passes the checks, trust, the signature and `mingle_on_reply`), reached before anything is
+counted, fetched or merged; in the fast profile `mingle_merge_revoked` sees the node's verified
+full list (or the list of a kept node with the same digest), never a digest alone. Invalid ids
+were already dropped (`Reply.invalid_ids`). What each path guarantees: docs/security.md.
 
 The hooks are listed in the order a worker calls them. This page is generated from
 `mingle_plugins/hookspecs.py` by `python docs/gen_reference.py`.
