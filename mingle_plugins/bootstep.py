@@ -13,6 +13,7 @@ from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
 from .answering.control import install_handlers
+from .answering.step import RefusedRequests
 from .hello.checks import InvalidReply, ReplayGuard, check_body, is_malformed_label, reply_limits, shown
 from .hello.presence import PresenceState, queue_name
 from .hello.rounds import MingleRound
@@ -64,6 +65,8 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.replay_guard = ReplayGuard(self.settings.signature_max_age)
         self.driver_type = ""
         self.last_summary: MingleSummary | None = None
+        #: The hello requests whose ids this worker refused (shown by ``mingle_status``).
+        self.requests_refused = RefusedRequests()
         self._size_revoked_set(c)
         self.enabled = not without_mingle and self.compatible_transport(c.app)
         if without_mingle:

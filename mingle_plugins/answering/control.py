@@ -46,6 +46,7 @@ def status_reply(step: AnsweringStep) -> dict[str, Any]:
         ],
         "last": step.last_summary.as_dict() if step.last_summary else None,
         "faults": step.runner.fault_list(),
+        "requests_refused": step.requests_refused.as_dict(),
     }
 
 

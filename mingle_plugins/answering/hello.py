@@ -40,7 +40,10 @@ def take_request_ids(step: AnsweringStep, consumer: Any, from_node: Any, revoked
     body = {"revoked": revoked, "mingle": ext if isinstance(ext, Mapping) else None}
     reply = rnd.judge(from_node, body, source="request")
     if reply is None:  # logged by finish: "rejected the hello request of NODE (ids not merged)"
+        reasons = dict(rnd.summary.rejected)
         rnd.finish()
+        for node, reason in reasons.items():
+            step.requests_refused.add(node, reason)
         return
     reply = _aged_since_sent(reply)
     outcome = rnd.merge(reply)

@@ -12,7 +12,29 @@ if TYPE_CHECKING:
     from ..plugins.runner import HookRunner
     from ..settings import MingleSettings
 
-__all__ = ["AnsweringStep"]
+__all__ = ["AnsweringStep", "RefusedRequests"]
+
+#: How many node names :class:`RefusedRequests` keeps a reason for (the count goes on).
+REFUSED_NODES_KEPT = 50
+
+
+class RefusedRequests:
+    """The hello requests whose ids this worker refused since it started (clock skew, a bad
+    signature, an untrusted name...): a count, and the last reason per node name."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.by_node: dict[str, str] = {}
+
+    def add(self, node: str, reason: str) -> None:
+        self.count += 1
+        self.by_node.pop(node, None)
+        self.by_node[node] = reason
+        while len(self.by_node) > REFUSED_NODES_KEPT:
+            del self.by_node[next(iter(self.by_node))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "last_reason_by_node": dict(self.by_node)}
 
 
 class AnsweringStep(Protocol):
@@ -25,6 +47,7 @@ class AnsweringStep(Protocol):
     pm: MinglePluginManager
     runner: HookRunner
     last_summary: MingleSummary | None
+    requests_refused: RefusedRequests
 
     def new_round(self, c: Any) -> MingleRound: ...
 

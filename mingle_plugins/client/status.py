@@ -141,6 +141,11 @@ def print_status(result: Mapping[str, Any]) -> None:
             if isinstance(took, (int, float)) and took > SLOW_IMPORT_SECONDS:
                 details.append(f"{node}: plugin {p['name']} took {took:.1f}s to import")
     details += fault_lines(workers)
+    for node, reply in workers.items():
+        refused = reply.get("requests_refused") or {}
+        if refused.get("count"):
+            reasons = "; ".join(f"{n}: {r}" for n, r in (refused.get("last_reason_by_node") or {}).items())
+            details.append(f"{node}: refused the ids of {refused['count']} hello requests: {reasons[:400]}")
     if details:
         click.echo("")
         click.echo("\n".join(details))
