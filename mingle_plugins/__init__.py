@@ -14,7 +14,7 @@ from typing import Any
 from .client.revoking import RevokeOutcome, revoke
 from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
 from .markers import ENTRY_POINT_GROUP, fail_closed, hookimpl, hookspec
-from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, Verdicts, WorkerConsumer
+from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, ReplySource, Verdicts, WorkerConsumer
 from .parsers import (
     Parser,
     boolean,
@@ -43,6 +43,7 @@ __all__ = [
     "PluginRecord",
     "RejectReply",
     "Reply",
+    "ReplySource",
     "RevokeOutcome",
     "SettingsError",
     "SettingsRegistry",

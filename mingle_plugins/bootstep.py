@@ -156,23 +156,25 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             summary.skipped = f"hello failed: {exc!r:.200}"
             replies = {}
         self.presence.saw_replies(replies, c.hostname)
+        extra: dict[str, Any] = {}
         try:
-            replies.update(self.extra_replies(c, replies, summary.sources_unreached))
+            extra = self.extra_replies(c, replies, summary.sources_unreached)
         except Exception as exc:  # a source must not stop the mingle
             error("mingle: mingle_extra_replies failed, going on without them: %r", exc)
         # Every node heard: the replies kept, then the names whose every reply was rejected
         # (a malformed message is a rejection, not a node).
-        heard = [str(node) for node, value in replies.items() if value]
-        heard += [n for n in summary.rejected if n not in replies and not is_malformed_label(n)]
+        heard = [str(node) for node, value in (replies | extra).items() if value]
+        heard += [n for n in summary.rejected if n not in heard and not is_malformed_label(n)]
         if heard:
             summary.neighbours = heard
             info("mingle: sync with %s nodes", len(summary.neighbours))
             if self._overrides_stock_methods():
-                for nodename, body in replies.items():
+                for nodename, body in (replies | extra).items():
                     if body:
                         self._stock_path(c, rnd, nodename, body)
             else:
                 rnd.walk(replies)
+                rnd.walk(extra, source="extra")
             info("mingle: sync complete")
         elif summary.rejected:
             info("mingle: no reply kept: %d rejected", len(summary.rejected))

@@ -35,6 +35,7 @@ __all__ = [  # in the order a worker calls them
     "mingle_sync_complete",
     "mingle_on_revoke",
     "mingle_record_revoke",
+    "mingle_plugin_status",
 ]
 
 
@@ -185,10 +186,14 @@ def mingle_extra_replies(consumer: WorkerConsumer, settings: MingleSettings) -> 
 
     Called at every mingle, right after `mingle_send_hello`, also when no
     hello was sent (the worker is alone, or the hello failed). Each body
-    returned takes the path of a neighbour's reply: the same checks, trust
-    settings (`mingle_trusted_nodes`, `mingle_hmac_keys`), `mingle_on_reply`,
-    `mingle_adjust_clock` and merge policies, and is counted in the summary
-    under its name like a node.
+    returned takes the path of a neighbour's reply, as a `Reply` whose
+    `source` is `"extra"`: the same checks (a bad id dropped alone),
+    `mingle_on_reply`, `mingle_adjust_clock` and merge policies, and it is
+    counted in the summary under its name like a node, and
+    `mingle_trusted_nodes` applies to its name. With `mingle_hmac_keys` it
+    needs no reply signature: signatures prove who answered on the broker,
+    and this body comes from the plugin, which vouches for its source (the
+    revocation store checks a MAC on each entry).
 
     Arguments:
 
@@ -204,6 +209,8 @@ def mingle_extra_replies(consumer: WorkerConsumer, settings: MingleSettings) -> 
     `firstresult`: every implementation is called, once, and every source kept.
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.2
+       Its bodies are `source == "extra"`: no reply signature is required.
     """
 
 
@@ -378,6 +385,31 @@ def mingle_record_revoke(
     Returns: where the ids were recorded (e.g. `"store@redis-host"`), or `None` when this
     plugin recorded nothing. Not `firstresult`: every implementation is called, once; one that
     raises or hangs is skipped and logged, and the broadcast is sent anyway.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def mingle_plugin_status(consumer: WorkerConsumer, settings: MingleSettings) -> Mapping[str, Any] | None:
+    """Say what this plugin's own state is, for `mingle_status` (`celery mingle status`,
+    `celery mingle check`).
+
+    Called each time the worker answers the `mingle_status` remote-control command, in the
+    worker's remote-control thread: return at once (no network call; report what your
+    background work last saw).
+
+    Arguments:
+
+    - `consumer`: the worker's `Consumer`.
+    - `settings`: the resolved `MingleSettings`.
+
+    Returns: a JSON-serialisable mapping (e.g. `{"reachable": False, "pending_writes": 3,
+    "last_error": "ConnectionError(...)"}`), shown under the plugin's name in the reply's
+    `plugin_status`, one line per worker and plugin in `celery mingle status`; a `"problem"` key
+    (a string) makes it a problem of `celery mingle check`. `None` for nothing to say. Not
+    `firstresult`: every implementation is called, once; one that raises or returns something
+    else is a runtime fault of that plugin.
 
     .. versionadded:: 0.2
     """

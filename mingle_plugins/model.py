@@ -9,7 +9,19 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["HelloOptions", "MingleSummary", "NodeOutcome", "Reply", "Verdicts", "WorkerConsumer"]
+__all__ = [
+    "HelloOptions",
+    "MingleSummary",
+    "NodeOutcome",
+    "Reply",
+    "ReplySource",
+    "Verdicts",
+    "WorkerConsumer",
+]
+
+#: Where a :class:`Reply` comes from: an answer to this worker's hello (``"reply"``), the ids of
+#: a neighbour's hello request (``"request"``), a source of ``mingle_extra_replies`` (``"extra"``).
+ReplySource = Literal["reply", "request", "extra"]
 
 
 class WorkerConsumer(Protocol):
@@ -122,7 +134,9 @@ class Reply:
         ages: ``{id: seconds since it was revoked}`` when the sender runs this
             package (0.2+), else ``None`` (a stock sender: merged as stock merges).
         source: ``"reply"`` for an answer to this worker's hello, ``"request"``
-            for the ids of a neighbour's hello request (the answering side).
+            for the ids of a neighbour's hello request (the answering side),
+            ``"extra"`` for a body of ``mingle_extra_replies`` (a store: its plugin
+            vouches for it, so reply signatures do not apply; trust patterns do).
         extension: the ``mingle`` block of a sender running this package
             (digest, count, signature), else empty.
         extra: any other keys of the reply (stock passes them to
@@ -136,7 +150,8 @@ class Reply:
 
     .. versionadded:: 0.2
     .. versionchanged:: 0.2
-       ``invalid_ids``, ``invalid_reason``, ``carried``: a bad id is dropped alone.
+       ``invalid_ids``, ``invalid_reason``, ``carried``: a bad id is dropped alone;
+       ``source == "extra"``.
     """
 
     nodename: str
@@ -144,7 +159,7 @@ class Reply:
     ids: tuple[str, ...] = ()
     stamps: Mapping[str, float] | None = field(default=None, repr=False)
     ages: Mapping[str, float] | None = field(default=None, repr=False)
-    source: Literal["reply", "request"] = "reply"
+    source: ReplySource = "reply"
     extension: Mapping[str, Any] = field(default_factory=dict, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
     invalid_ids: int = 0

@@ -7,7 +7,7 @@ table, per consumer), never in Celery's global ``Panel`` registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery.utils.log import get_logger
@@ -27,8 +27,23 @@ logger = get_logger(__name__)
 STATUS_COMMAND = "mingle_status"
 
 
-def status_reply(step: AnsweringStep) -> dict[str, Any]:
+def plugin_status(step: AnsweringStep, consumer: Any) -> dict[str, Any]:
+    """What each plugin says of its own state (``mingle_plugin_status``), by plugin name."""
+    out: dict[str, Any] = {}
+    for result in step.runner.each("mingle_plugin_status", consumer=consumer, settings=step.settings):
+        if result.value is None:
+            continue
+        if not isinstance(result.value, Mapping):
+            problem = f"returned {type(result.value).__name__}, not a mapping"
+            step.runner.record_fault(result.plugin, "mingle_plugin_status", "wrong return", problem)
+            continue
+        out[result.plugin] = {str(k): v for k, v in result.value.items()}
+    return out
+
+
+def status_reply(step: AnsweringStep, consumer: Any = None) -> dict[str, Any]:
     """What a worker says about its Mingle step: settings, plugins, last mingle."""
+    plugins_say = plugin_status(step, consumer)  # first: a fault it records is in "faults"
     return {
         "enabled": bool(step.enabled),
         "transport": step.driver_type,
@@ -47,6 +62,7 @@ def status_reply(step: AnsweringStep) -> dict[str, Any]:
         "last": step.last_summary.as_dict() if step.last_summary else None,
         "faults": step.runner.fault_list(),
         "requests_refused": step.requests_refused.as_dict(),
+        "plugin_status": plugins_say,
     }
 
 
@@ -91,7 +107,7 @@ def install_handlers(parent: Any, step: AnsweringStep) -> bool:
     handlers: dict[str, Callable[..., Any]] = dict(node.handlers)
 
     def mingle_status(state: Any, **kwargs: Any) -> dict[str, Any]:
-        return status_reply(step)
+        return status_reply(step, getattr(state, "consumer", None))
 
     handlers[STATUS_COMMAND] = mingle_status
     stock_hello = handlers.get("hello")

@@ -11,7 +11,7 @@ from celery.bin.base import CeleryCommand, CeleryOption
 from celery.utils.imports import symbol_by_name
 
 from ..bootstep import Mingle
-from ..client.status import fault_lines, query_status
+from ..client.status import fault_lines, plugin_problems, query_status
 from ..consumer import Blueprint as MingleBlueprint
 from ..markers import BUILTIN_NAME
 from ..plugins.diagnostics import (
@@ -143,7 +143,13 @@ def live_report(app: Any, timeout: float) -> dict[str, Any]:
     except Exception as exc:  # the broker is down or refuses: the offline check still stands
         return {"asked": False, "workers": [], "faults": [], "error": f"{type(exc).__name__}: {exc}"}
     workers = result["workers"]
-    return {"asked": True, "workers": sorted(workers), "faults": fault_lines(workers), "error": None}
+    return {
+        "asked": True,
+        "workers": sorted(workers),
+        "faults": fault_lines(workers),
+        "problems": plugin_problems(workers),
+        "error": None,
+    }
 
 
 @click.command(cls=CeleryCommand)
@@ -177,6 +183,7 @@ def check(ctx: click.Context, as_json: bool, live: bool, timeout: float) -> None
         report["live"] = live_report(app, timeout) if live else {"asked": False, "error": "--no-live"}
     report["warnings"] += [f"a plugin says: {line}" for line in plugin_warnings(records)]
     report["broken"] += [f"runtime fault: {line}" for line in report["live"].get("faults", ())]
+    report["broken"] += [f"a plugin reports: {line}" for line in report["live"].get("problems", ())]
     if live and not report["live"]["asked"]:
         report["warnings"].append(f"live workers not asked: {report['live']['error']}")
     if as_json:

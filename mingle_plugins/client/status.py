@@ -14,7 +14,7 @@ import click
 from ..answering.control import STATUS_COMMAND
 from ..plugins.loader import SLOW_IMPORT_SECONDS
 
-__all__ = ["fault_lines", "print_status", "query_status", "status_rows", "table"]
+__all__ = ["fault_lines", "plugin_problems", "print_status", "query_status", "status_rows", "table"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -70,6 +70,16 @@ def fault_lines(workers: Mapping[str, Any]) -> list[str]:
                     f"({f.get('count')} time(s)), last: {f.get('last')}"
                 )
     return lines
+
+
+def plugin_problems(workers: Mapping[str, Any]) -> list[str]:
+    """One line per ``problem`` a plugin reports of its own state (``mingle_plugin_status``)."""
+    return [
+        f"{node}: plugin {plugin!r}: {fields['problem']}"
+        for node, reply in workers.items()
+        for plugin, fields in (reply.get("plugin_status") or {}).items()
+        if isinstance(fields, Mapping) and fields.get("problem")
+    ]
 
 
 def status_rows(workers: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -141,6 +151,11 @@ def print_status(result: Mapping[str, Any]) -> None:
             if isinstance(took, (int, float)) and took > SLOW_IMPORT_SECONDS:
                 details.append(f"{node}: plugin {p['name']} took {took:.1f}s to import")
     details += fault_lines(workers)
+    for node, reply in workers.items():
+        for plugin, fields in (reply.get("plugin_status") or {}).items():
+            if isinstance(fields, Mapping) and fields:
+                shown_fields = ", ".join(f"{k} {v}" for k, v in fields.items())
+                details.append(f"{node}: plugin {plugin!r}: {shown_fields[:400]}")
     for node, reply in workers.items():
         refused = reply.get("requests_refused") or {}
         if refused.get("count"):

@@ -14,10 +14,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RejectReply
-from ..model import Reply
+from ..model import Reply, ReplySource
 from ..wire import protocol
 
 if TYPE_CHECKING:
@@ -201,9 +201,7 @@ def _age_problem(age: Any) -> bool:
     return isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age < 1e12
 
 
-def check_body(
-    nodename: object, body: Any, limits: ReplyLimits, source: Literal["reply", "request"] = "reply"
-) -> Reply:
+def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySource = "reply") -> Reply:
     """Check one reply body (or the fields of a hello request); return its :class:`Reply`.
 
     A body whose structure is broken (not a mapping, an error, a bad clock,
@@ -379,8 +377,8 @@ def check_trust(
     """
     if not settings.trusts(reply.nodename):
         raise RejectReply("node name not in mingle_trusted_nodes")
-    if not settings.hmac_keys:
-        return
+    if not settings.hmac_keys or reply.source == "extra":
+        return  # an extra source is not on the broker: its plugin vouches for it (a store's MACs)
     signature = "request_signature" if reply.source == "request" else "signature"
     if settings.accept_unsigned and signature not in reply.extension:
         return  # unsigned (a stock worker's), accepted during a roll-out

@@ -30,11 +30,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import FailedClosed, RejectReply
 from ..markers import BUILTIN_NAME
-from ..model import MingleSummary, NodeOutcome, Reply, WorkerConsumer
+from ..model import MingleSummary, NodeOutcome, Reply, ReplySource, WorkerConsumer
 from ..plugins.runner import HookRunner
 from ..settings import MingleSettings
 from ..wire import compat, protocol
@@ -125,7 +125,7 @@ class MingleRound:
         """Record ids given outside a reply as rejected (``on_revoked_received``)."""
         self._reject(name, reason, "reply")
 
-    def _check(self, nodename: object, body: Any, source: Literal["reply", "request"]) -> Reply:
+    def _check(self, nodename: object, body: Any, source: ReplySource) -> Reply:
         """Checks, trust, signature, ``mingle_on_reply``; raise on a verdict against it."""
         limits = reply_limits(self.settings, self.revoked_set)
         reply = check_body(nodename, body, limits, source)
@@ -141,7 +141,7 @@ class MingleRound:
                     raise
         return reply
 
-    def _verdict(self, nodename: object, body: Any, source: Literal["reply", "request"]) -> Reply | None:
+    def _verdict(self, nodename: object, body: Any, source: ReplySource) -> Reply | None:
         name = shown(nodename, 255) if not isinstance(nodename, str) else nodename
         cpu = time.process_time()
         try:
@@ -157,9 +157,7 @@ class MingleRound:
             self.cpu += time.process_time() - cpu
         return None
 
-    def judge(
-        self, nodename: object, body: Any, source: Literal["reply", "request"] = "reply"
-    ) -> Reply | None:
+    def judge(self, nodename: object, body: Any, source: ReplySource = "reply") -> Reply | None:
         """The verdict on one body: its checked :class:`Reply`, or ``None`` when it is not kept.
 
         The first body under a name that passes every check is that neighbour's
@@ -230,15 +228,15 @@ class MingleRound:
 
     # -- the walk --------------------------------------------------------------
 
-    def walk(self, replies: Mapping[str, Any]) -> None:
+    def walk(self, replies: Mapping[str, Any], source: ReplySource = "reply") -> None:
         """Every reply of ``replies``, in order: verdict, clock, merge."""
         for nodename, body in replies.items():
-            self.reply(nodename, body)
+            self.reply(nodename, body, source)
 
-    def reply(self, nodename: object, body: Any) -> None:
+    def reply(self, nodename: object, body: Any, source: ReplySource = "reply") -> None:
         """One reply body through the walk (as stock ``on_node_reply`` takes one)."""
         if body:
-            reply = self.judge(nodename, body)
+            reply = self.judge(nodename, body, source)
             if reply is not None:
                 self.sync(reply)
 

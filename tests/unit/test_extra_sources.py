@@ -142,3 +142,59 @@ def test_revoke_command_is_seen_by_plugins(
     }
     assert seen == [(("x1", "x2"), False), (("y",), False)]
     assert {"x1", "x2", "y"} <= set(state.revoked)
+
+
+def test_with_keys_a_store_needs_no_reply_signature_but_a_neighbour_does(
+    consumer: Any, state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extra source is the plugin's own (source "extra"): signatures prove who answered on
+    the broker, so an unsigned neighbour is rejected and the unsigned store body is merged."""
+    seen: list[str] = []
+
+    class Sources:
+        @hookimpl
+        def mingle_on_reply(self, reply: Reply) -> None:
+            seen.append(f"{reply.nodename}:{reply.source}")
+
+    step = _step(consumer, monkeypatch, mingle_hmac_keys=["k" * 32])
+    step.pm.register(Hello({"w1@x": {"revoked": ["unsigned"]}}))
+    step.pm.register(Store({"store@db": {"revoked": ["s"]}}))
+    step.pm.register(Sources(), name="sources")
+    step.sync(consumer)
+    summary = step.last_summary
+    assert summary is not None
+    assert set(state.revoked) == {"s"}
+    assert "unsigned reply" in summary.rejected["w1@x"]
+    assert seen == ["store@db:extra"]
+
+
+class Status:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    @hookimpl
+    def mingle_plugin_status(self, consumer: Any, settings: Any) -> Any:
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+def test_plugin_status_in_the_status_reply_and_faults_counted(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mingle_plugins.answering.control import status_reply
+    from mingle_plugins.client.status import plugin_problems
+
+    step = _step(consumer, monkeypatch)
+    step.pm.register(Status({"reachable": False, "problem": "store down"}), name="store")
+    step.pm.register(Status(["not", "a", "mapping"]), name="wrong")
+    step.pm.register(Status(RuntimeError("boom")), name="raises")
+    step.pm.register(Status(None), name="quiet")
+    reply = status_reply(step, consumer)
+    assert reply["plugin_status"] == {"store": {"reachable": False, "problem": "store down"}}
+    kinds = {(f["plugin"], f["hook"], f["kind"]) for f in reply["faults"]}
+    assert kinds == {
+        ("wrong", "mingle_plugin_status", "wrong return"),
+        ("raises", "mingle_plugin_status", "raised"),
+    }
+    assert plugin_problems({"w@x": reply}) == ["w@x: plugin 'store': store down"]
