@@ -16,7 +16,7 @@ def test_record_and_load_oldest_first(store: RevocationStore) -> None:
     now = time.time()
     store.record({"b": now - 5, "a": now - 10}, maxlen=100, expires=3600)
     store.record({"c": now}, maxlen=100, expires=3600)
-    assert [i for i, _ in store.load(100, 3600)] == ["a", "b", "c"]
+    assert [i for i, _ in store.load(100, 3600).rows] == ["a", "b", "c"]
 
 
 def test_two_recorders_keep_one_row_with_the_earliest_time(store_conf: dict[str, str]) -> None:
@@ -27,7 +27,7 @@ def test_two_recorders_keep_one_row_with_the_earliest_time(store_conf: dict[str,
     second.record(dict.fromkeys(ids, now - 1), 100, 3600)
     first.record(dict.fromkeys(ids, now - 30), 100, 3600)
     second.record(dict.fromkeys(ids, now), 100, 3600)  # later: does not move the time
-    rows = first.load(100, 3600)
+    rows = first.load(100, 3600).rows
     assert len(rows) == len(ids) and {i for i, _ in rows} == set(ids)
     assert all(at == pytest.approx(now - 30) for _, at in rows)
 
@@ -35,19 +35,19 @@ def test_two_recorders_keep_one_row_with_the_earliest_time(store_conf: dict[str,
 def test_ids_expire_on_time(store: RevocationStore) -> None:
     now = time.time()
     store.record({"old": now - 100, "fresh": now - 1}, maxlen=100, expires=None)
-    assert {i for i, _ in store.load(100, None)} == {"old", "fresh"}
-    assert [i for i, _ in store.load(100, 50)] == ["fresh"]  # a reader with a shorter expiry
+    assert {i for i, _ in store.load(100, None).rows} == {"old", "fresh"}
+    assert [i for i, _ in store.load(100, 50).rows] == ["fresh"]  # a reader with a shorter expiry
     store.record({"new": now}, maxlen=100, expires=50)  # a recorder with it: purged from the store
-    assert {i for i, _ in store.load(100, None)} <= {"fresh", "new", "old"}
-    assert [i for i, _ in store.load(100, 50)] == ["fresh", "new"]
+    assert {i for i, _ in store.load(100, None).rows} <= {"fresh", "new", "old"}
+    assert [i for i, _ in store.load(100, 50).rows] == ["fresh", "new"]
 
 
 def test_the_store_is_bounded_by_the_cap(store: RevocationStore) -> None:
     now = time.time()
     store.record({f"id-{i:02}": now - 100 + i for i in range(30)}, maxlen=10, expires=3600)
-    rows = store.load(None, 3600)
+    rows = store.load(None, 3600).rows
     assert [i for i, _ in rows] == [f"id-{i:02}" for i in range(20, 30)]  # the 10 newest
-    assert [i for i, _ in store.load(3, 3600)] == ["id-27", "id-28", "id-29"]
+    assert [i for i, _ in store.load(3, 3600).rows] == ["id-27", "id-28", "id-29"]
 
 
 @pytest.fixture
