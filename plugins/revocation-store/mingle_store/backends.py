@@ -555,10 +555,13 @@ class PostgresStore(_SqlStore):
         self.limits = limits or Limits()
 
     def connect(self) -> Any:
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = conninfo_to_dict(self._dsn).get("options") or ""  # e.g. -csearch_path=...: kept
         return self._psycopg.connect(
             self._dsn,
             connect_timeout=max(1, math.ceil(self.timeout)),
-            options=f"-c statement_timeout={max(1, int(self.timeout * 1000))}",
+            options=f"{given} -c statement_timeout={max(1, int(self.timeout * 1000))}".strip(),
         )
 
     def lock(self, cur: Any) -> None:
