@@ -216,6 +216,43 @@ def _rows(ids: Mapping[str, float]) -> list[tuple[bytes, float]]:
     return [(task_id.encode("utf-8"), round(float(at), 3)) for task_id, at in sorted(ids.items())]
 
 
+#: A chunk of entries, each as ``id (false when longer than ARGV[3] bytes), size, score, MAC``:
+#: a huge id is measured in Redis and never sent.
+_READ_LUA = """
+local rows
+if ARGV[4] == '1' then
+  rows = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
+else
+  rows = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
+end
+local limit = tonumber(ARGV[3])
+local out = {}
+for i = 1, #rows, 2 do
+  local m = rows[i]
+  local size = string.len(m)
+  if size > limit then out[#out + 1] = false else out[#out + 1] = m end
+  out[#out + 1] = size
+  out[#out + 1] = rows[i + 1]
+  if size > limit then out[#out + 1] = false else out[#out + 1] = redis.call('HGET', KEYS[2], m) end
+end
+return out
+"""
+
+#: Delete the ids longer than ARGV[3] bytes among the ranks ARGV[1]..ARGV[2]; how many.
+_DELETE_LONG_LUA = """
+local rows = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+local limit = tonumber(ARGV[3])
+local removed = 0
+for i = 1, #rows do
+  if string.len(rows[i]) > limit then
+    redis.call('ZREM', KEYS[1], rows[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
 class RedisStore:
     """``<name>:v2``: member the id, score its revoke time; ``<name>:v2:mac``: the MACs."""
 
@@ -238,6 +275,8 @@ class RedisStore:
             retry_on_timeout=False,
             retry=Retry(NoBackoff(), 0),
         )
+        self._read = self.client.register_script(_READ_LUA)
+        self._delete_long = self.client.register_script(_DELETE_LONG_LUA)
 
     # -- writing --
 
@@ -301,24 +340,29 @@ class RedisStore:
 
     # -- reading --
 
+    def _chunk(
+        self, key: str, start: int, reverse: bool = True
+    ) -> list[tuple[bytes | None, int, float, Any]]:
+        """Entries ``start`` to ``start + CHUNK - 1`` (newest first): ``(id or None, its size,
+        score, MAC)``; an id longer than ``4 * max_id_length`` bytes stays in Redis (``None``)."""
+        flat: Any = self._read(
+            keys=[key, self.macs if key == self.key else f"{key}:nomac"],
+            args=[start, start + CHUNK - 1, 4 * self.limits.max_id_length, 1 if reverse else 0],
+        )
+        return [(flat[i], int(flat[i + 1]), float(flat[i + 2]), flat[i + 3]) for i in range(0, len(flat), 4)]
+
     def _scan(self, scan: _Scan, stop_when_full: bool) -> None:
         start = 0
         while True:
-            chunk: Any = self.client.zrevrange(self.key, start, start + CHUNK - 1, withscores=True)
+            chunk = self._chunk(self.key, start)
             if not chunk:
                 return
-            macs: list[Any] = (
-                self.client.hmget(self.macs, [m for m, _ in chunk])
-                if self.limits.keys
-                else [None] * len(chunk)
-            )
-            for (member, score), mac in zip(chunk, macs, strict=True):
+            for member, length, score, mac in chunk:
                 if score <= scan.cutoff and math.isfinite(score):
                     return  # newest first: the rest is expired
-                scan.see(member, member, len(member), score, mac)
+                scan.see(member if member is not None else ("long", length), member, length, score, mac)
                 if stop_when_full and scan.full:
                     return
-            del chunk, macs  # a huge member goes before the next chunk comes
             start += CHUNK
 
     def load(self, maxlen: int | None, expires: float | None) -> LoadResult:
@@ -333,7 +377,16 @@ class RedisStore:
             self._delete_expired(_cutoff(expires, time.time()))
         scan = _Scan(self.limits, maxlen, _cutoff(expires, time.time()))
         self._scan(scan, stop_when_full=False)
-        self._delete([*scan.invalid_keys, *scan.evicted_keys])
+        self._delete([k for k in [*scan.invalid_keys, *scan.evicted_keys] if isinstance(k, bytes)])
+        if any(not isinstance(k, bytes) for k in scan.invalid_keys):  # the ids too long to fetch
+            start = 0
+            while start < self.count():
+                removed = int(
+                    self._delete_long(
+                        keys=[self.key], args=[start, start + CHUNK - 1, 4 * self.limits.max_id_length]
+                    )
+                )
+                start += CHUNK - removed
         return len(scan.invalid_keys), len(scan.evicted_keys)
 
     def count(self) -> int:
@@ -352,11 +405,11 @@ class RedisStore:
             scan = _Scan(Limits(self.limits.max_id_length), None, _cutoff(expires, time.time()))
             start = 0
             while True:
-                chunk: Any = self.client.zrange(self.old, start, start + CHUNK - 1, withscores=True)
+                chunk = self._chunk(self.old, start, reverse=False)
                 if not chunk:
                     break
-                for member, score in chunk:
-                    scan.see(member, member, len(member), score, None)
+                for member, length, score, _ in chunk:
+                    scan.see(member, member, length, score, None)
                 start += CHUNK
             valid = {task_id: at for task_id, at in scan.rows}
             self._write(_rows(valid), expires)

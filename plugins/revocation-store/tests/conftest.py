@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,57 @@ def isolated_store_url(backend: str, tmp_path: Path) -> Iterator[str]:
     yield f"{base}?options=-csearch_path%3D{schema}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def write_raw(
+    conf: dict[str, Any], member: bytes, score: float, mac: str | None = None, table: str = ""
+) -> None:
+    """Write one entry straight into the store's layout v2 (or into ``table``: the 0.1 layout), as
+    anyone with access to the key or the table can."""
+    url, name = conf["url"], conf["name"]
+    if url.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        client.zadd(table or f"{name}:v2", {member: score})
+        if mac is not None:
+            client.hset(f"{name}:v2:mac", member, mac)
+        return
+    if table:  # the 0.1 table
+        columns, values = "(id, revoked_at, expires_at)", (member.decode(), score, score + 10800)
+    else:
+        columns, values = "(id, revoked_at, mac)", (member, score, mac)  # type: ignore[assignment]
+    sql = f"INSERT INTO {table or name + '_v2'} {columns} VALUES ({{p}}, {{p}}, {{p}})"
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with closing(sqlite3.connect(url.split("://", 1)[1][1:])) as conn:
+            conn.execute(sql.format(p="?"), values)
+            conn.commit()
+        return
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute(sql.format(p="%s"), values)
+
+
+def make_old_layout(conf: dict[str, Any]) -> None:
+    """The key or table of celery-mingle-store 0.1, empty."""
+    url, name = conf["url"], conf["name"]
+    if url.startswith("redis"):
+        return  # a sorted set is made by its first ZADD
+    sql = (
+        f"CREATE TABLE {name} (id TEXT PRIMARY KEY, revoked_at DOUBLE PRECISION NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL)"
+    )
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with closing(sqlite3.connect(url.split("://", 1)[1][1:])) as conn:
+            conn.execute(sql)
+            conn.commit()
+        return
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute(sql)
