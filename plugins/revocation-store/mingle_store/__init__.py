@@ -543,12 +543,18 @@ def mingle_extra_replies(consumer: WorkerConsumer, settings: MingleSettings) -> 
     maxlen, expires = _bounds(consumer)
     try:
         load: LoadResult = with_deadline(lambda: store.load(maxlen, expires), s.timeout)
-    except Exception as exc:
-        problem = str(exc) if isinstance(exc, _Late) else repr(exc)
+    except _Late as exc:  # slow, or holding a flood to wade through: trimmed in the background
+        recorder.want_trim(maxlen, expires)
         logger.warning(
-            "mingle: revocation store %s not reached (%s); mingling with the neighbours only",
+            "mingle: revocation store %s not reached (%s); mingling with the neighbours only "
+            "(its invalid and surplus entries are deleted in the background)",
             store.url,
-            problem,
+            exc,
+        )
+        return {name: None}
+    except Exception as exc:
+        logger.warning(
+            "mingle: revocation store %s not reached (%r); mingling with the neighbours only", store.url, exc
         )
         return {name: None}
     if load.migrated:

@@ -216,41 +216,74 @@ def _rows(ids: Mapping[str, float]) -> list[tuple[bytes, float]]:
     return [(task_id.encode("utf-8"), round(float(at), 3)) for task_id, at in sorted(ids.items())]
 
 
-#: A chunk of entries, each as ``id (false when longer than ARGV[3] bytes), size, score, MAC``:
-#: a huge id is measured in Redis and never sent.
-_READ_LUA = """
-local rows
-if ARGV[4] == '1' then
-  rows = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
-else
-  rows = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
-end
-local limit = tonumber(ARGV[3])
-local out = {}
-for i = 1, #rows, 2 do
-  local m = rows[i]
+#: The checks Redis makes itself, so that a flood costs the worker a count, not a transfer:
+#: ``problem(member, score, mac hash) -> reason or nil``. ARGV: max bytes, signed ("1"), latest time.
+_CHEAP_CHECKS_LUA = """
+local function problem(m, score, macs)
   local size = string.len(m)
-  if size > limit then out[#out + 1] = false else out[#out + 1] = m end
-  out[#out + 1] = size
-  out[#out + 1] = rows[i + 1]
-  if size > limit then out[#out + 1] = false else out[#out + 1] = redis.call('HGET', KEYS[2], m) end
+  if size == 0 then return 'empty id' end
+  if size > tonumber(ARGV[1]) then return 'id too long' end
+  if score == nil or score ~= score or score < 0 or score > tonumber(ARGV[3]) then
+    return 'bad revoke time'
+  end
+  if ARGV[2] == '1' and not redis.call('HGET', macs, m) then return 'unsigned' end
+  return nil
 end
-return out
 """
 
-#: Delete the ids longer than ARGV[3] bytes among the ranks ARGV[1]..ARGV[2]; how many.
-_DELETE_LONG_LUA = """
-local rows = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
-local limit = tonumber(ARGV[3])
+#: Entries ARGV[4]..ARGV[5] (newest first when ARGV[6] is "1"). Returns ``{the counts of the
+#: entries failing the cheap checks (flat: reason, n, ...), 1 when an entry at or below the cutoff
+#: ARGV[7] was reached, the number of entries read, {id, score, MAC, ...} of the others}``.
+_READ_LUA = (
+    _CHEAP_CHECKS_LUA
+    + """
+local rows
+if ARGV[6] == '1' then
+  rows = redis.call('ZREVRANGE', KEYS[1], ARGV[4], ARGV[5], 'WITHSCORES')
+else
+  rows = redis.call('ZRANGE', KEYS[1], ARGV[4], ARGV[5], 'WITHSCORES')
+end
+local cutoff = tonumber(ARGV[7])
+local counts, out, reached = {}, {}, 0
+for i = 1, #rows, 2 do
+  local m, score = rows[i], tonumber(rows[i + 1])
+  local why = problem(m, score, KEYS[2])
+  if why then
+    counts[why] = (counts[why] or 0) + 1
+  elseif score <= cutoff then
+    reached = 1
+    break
+  else
+    out[#out + 1] = m
+    out[#out + 1] = rows[i + 1]
+    out[#out + 1] = redis.call('HGET', KEYS[2], m)
+  end
+end
+local flat = {}
+for why, n in pairs(counts) do
+  flat[#flat + 1] = why
+  flat[#flat + 1] = n
+end
+return {flat, reached, #rows / 2, out}
+"""
+)
+
+#: Delete the entries failing the cheap checks among the ranks ARGV[4]..ARGV[5]; how many.
+_DELETE_BAD_LUA = (
+    _CHEAP_CHECKS_LUA
+    + """
+local rows = redis.call('ZRANGE', KEYS[1], ARGV[4], ARGV[5], 'WITHSCORES')
 local removed = 0
-for i = 1, #rows do
-  if string.len(rows[i]) > limit then
+for i = 1, #rows, 2 do
+  if problem(rows[i], tonumber(rows[i + 1]), KEYS[2]) then
     redis.call('ZREM', KEYS[1], rows[i])
+    redis.call('HDEL', KEYS[2], rows[i])
     removed = removed + 1
   end
 end
 return removed
 """
+)
 
 
 class RedisStore:
@@ -276,7 +309,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),
         )
         self._read = self.client.register_script(_READ_LUA)
-        self._delete_long = self.client.register_script(_DELETE_LONG_LUA)
+        self._delete_bad = self.client.register_script(_DELETE_BAD_LUA)
 
     # -- writing --
 
@@ -340,29 +373,39 @@ class RedisStore:
 
     # -- reading --
 
-    def _chunk(
-        self, key: str, start: int, reverse: bool = True
-    ) -> list[tuple[bytes | None, int, float, Any]]:
-        """Entries ``start`` to ``start + CHUNK - 1`` (newest first): ``(id or None, its size,
-        score, MAC)``; an id longer than ``4 * max_id_length`` bytes stays in Redis (``None``)."""
-        flat: Any = self._read(
-            keys=[key, self.macs if key == self.key else f"{key}:nomac"],
-            args=[start, start + CHUNK - 1, 4 * self.limits.max_id_length, 1 if reverse else 0],
-        )
-        return [(flat[i], int(flat[i + 1]), float(flat[i + 2]), flat[i + 3]) for i in range(0, len(flat), 4)]
+    def _cheap_args(self, signed: bool) -> list[Any]:
+        return [4 * self.limits.max_id_length, "1" if signed else "0", repr(time.time() + FUTURE_SKEW)]
 
-    def _scan(self, scan: _Scan, stop_when_full: bool) -> None:
-        start = 0
+    def _chunk(
+        self, key: str, start: int, cutoff: float, signed: bool, reverse: bool = True
+    ) -> tuple[dict[str, int], bool, int, list[tuple[bytes, float, Any]]]:
+        """Read entries ``start`` to ``start + CHUNK - 1`` (newest first); Redis counts those failing
+        the cheap checks (size, time, a MAC present) by reason and sends only the others:
+        ``(counts, cutoff reached, entries read, [(id, score, MAC)])``."""
+        flat, reached, read, rows = self._read(
+            keys=[key, self.macs if key == self.key else f"{key}:nomac"],
+            args=[*self._cheap_args(signed), start, start + CHUNK - 1, "1" if reverse else "0", repr(cutoff)],
+        )
+        counts = {
+            (flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])): int(flat[i + 1])
+            for i in range(0, len(flat), 2)
+        }
+        entries = [(rows[i], float(rows[i + 1]), rows[i + 2]) for i in range(0, len(rows), 3)]
+        return counts, bool(reached), int(read), entries
+
+    def _scan(self, scan: _Scan, stop_when_full: bool) -> int:
+        """Check the entries newest first; the number Redis found invalid (not in ``invalid_keys``)."""
+        start, in_redis = 0, 0
         while True:
-            chunk = self._chunk(self.key, start)
-            if not chunk:
-                return
-            for member, length, score, mac in chunk:
-                if score <= scan.cutoff and math.isfinite(score):
-                    return  # newest first: the rest is expired
-                scan.see(member if member is not None else ("long", length), member, length, score, mac)
+            counts, reached, read, entries = self._chunk(self.key, start, scan.cutoff, bool(self.limits.keys))
+            scan.invalid.update(counts)
+            in_redis += sum(counts.values())
+            for member, score, mac in entries:
+                scan.see(member, member, len(member), score, mac)
                 if stop_when_full and scan.full:
-                    return
+                    return in_redis
+            if reached or read < CHUNK:
+                return in_redis
             start += CHUNK
 
     def load(self, maxlen: int | None, expires: float | None) -> LoadResult:
@@ -376,18 +419,19 @@ class RedisStore:
         if expires is not None:
             self._delete_expired(_cutoff(expires, time.time()))
         scan = _Scan(self.limits, maxlen, _cutoff(expires, time.time()))
-        self._scan(scan, stop_when_full=False)
-        self._delete([k for k in [*scan.invalid_keys, *scan.evicted_keys] if isinstance(k, bytes)])
-        if any(not isinstance(k, bytes) for k in scan.invalid_keys):  # the ids too long to fetch
+        in_redis = self._scan(scan, stop_when_full=False)
+        self._delete([*scan.invalid_keys, *scan.evicted_keys])
+        if in_redis:  # those Redis found: deleted there
             start = 0
             while start < self.count():
                 removed = int(
-                    self._delete_long(
-                        keys=[self.key], args=[start, start + CHUNK - 1, 4 * self.limits.max_id_length]
+                    self._delete_bad(
+                        keys=[self.key, self.macs],
+                        args=[*self._cheap_args(bool(self.limits.keys)), start, start + CHUNK - 1],
                     )
                 )
                 start += CHUNK - removed
-        return len(scan.invalid_keys), len(scan.evicted_keys)
+        return len(scan.invalid_keys) + in_redis, len(scan.evicted_keys)
 
     def count(self) -> int:
         return int(self.client.zcard(self.key))
@@ -405,11 +449,11 @@ class RedisStore:
             scan = _Scan(Limits(self.limits.max_id_length), None, _cutoff(expires, time.time()))
             start = 0
             while True:
-                chunk = self._chunk(self.old, start, reverse=False)
-                if not chunk:
+                _, _, read, entries = self._chunk(self.old, start, -math.inf, False, reverse=False)
+                for member, score, _ in entries:
+                    scan.see(member, member, len(member), score, None)
+                if read < CHUNK:
                     break
-                for member, length, score, _ in chunk:
-                    scan.see(member, member, length, score, None)
                 start += CHUNK
             valid = {task_id: at for task_id, at in scan.rows}
             self._write(_rows(valid), expires)

@@ -5,6 +5,7 @@ which this plugin's ``mingle_record_revoke`` answers).
 
 - ``celery -A proj mingle-store list``: the ids in force in the store, with their age;
 - ``celery -A proj mingle-store status``: reachable or not, entries, valid and invalid, layout;
+- ``celery -A proj mingle-store trim``: delete the expired, invalid and surplus entries now;
 - ``celery mingle-store demo``: a full restart on ``filesystem://``, with and without the store.
 """
 
@@ -105,6 +106,28 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"error: {store.url} ({store.where}) not reached: {out['last_error']}", err=True)
     if not out["reachable"]:
         sys.exit(EX_UNAVAILABLE)
+
+
+@mingle_store.command(cls=CeleryCommand)
+@click.pass_context
+def trim(ctx: click.Context) -> None:
+    """Delete the store's expired and invalid entries (unsigned ones too, with mingle_hmac_keys)
+    and the valid ones beyond the newest maxlen, as the workers do. Exit status 69 when not reached."""
+    app = _app(ctx)
+    store = api.store_of(app.conf)
+    if store is None:
+        click.echo("error: no usable store: set mingle_plugin_settings['store']['url']", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    maxlen, expires = api.bounds(app.conf)
+    try:
+        invalid, evicted = store.trim(maxlen, expires)
+    except Exception as exc:
+        click.echo(f"error: {store.url} ({store.where}) not reached: {exc!r:.300}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    click.echo(
+        f"{store.url} ({store.where}): deleted {invalid} invalid entries and {evicted} beyond "
+        f"maxlen {maxlen}; {store.count()} entries left"
+    )
 
 
 @mingle_store.command(cls=CeleryCommand)
