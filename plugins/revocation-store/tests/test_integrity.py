@@ -326,3 +326,13 @@ def test_the_worker_log_says_what_the_store_brought_apart_from_the_neighbours(
     assert re.search(
         r"store@127\.0\.0\.1: 2 ids, \d merged; neighbours: \d ids merged; 0 revokes waiting", lines[0]
     )
+
+
+def test_nowhere_is_said_only_when_no_store_is_configured(make_cluster: Callable[..., Cluster]) -> None:
+    services.require("redis")
+    cluster = make_cluster(BROKER, {"mingle_plugin_settings": {"store": {"url": None}}})
+    done = celery_cli(cluster, "mingle", "revoke", "no-store-1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "revoked 1 task(s); recorded in: nowhere (no plugin keeps revokes: workers up now only)"
+    )
