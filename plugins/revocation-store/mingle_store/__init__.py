@@ -119,7 +119,8 @@ class StoreSettings:
     timeout: float = setting(
         1.0,
         "Seconds a mingle waits for the store (and to connect, and per command): past it the store "
-        "is not reached, and the mingle goes on with the neighbours.",
+        "is not reached, and the mingle goes on with the neighbours. At most `mingle_plugin_timeout` "
+        "less 0.5 s.",
         seconds,
     )
     name: str = setting(
@@ -524,7 +525,10 @@ def mingle_record_revoke(ids: tuple[str, ...], settings: MingleSettings) -> str 
     maxlen, expires = client_bounds(settings)
     stamp = dict.fromkeys(ids, time.time())
     try:
-        with_deadline(lambda: store.record(stamp, maxlen, expires), s.timeout * 3)
+        with_deadline(
+            lambda: store.record(stamp, maxlen, expires),
+            min(s.timeout * 3, max(0.1, settings.plugin_timeout - 0.5)),
+        )
     except Exception as exc:
         raise StoreError(
             f"revocation store {name} ({store.url}) did not take the ids: {exc!r:.200}"
@@ -541,8 +545,10 @@ def mingle_extra_replies(consumer: WorkerConsumer, settings: MingleSettings) -> 
     store = recorder.store
     name = source_name(s)
     maxlen, expires = _bounds(consumer)
+    # Within mingle_plugin_timeout, past which the core would abandon this hook (a plugin fault).
+    wait = min(s.timeout, max(0.1, settings.plugin_timeout - 0.5))
     try:
-        load: LoadResult = with_deadline(lambda: store.load(maxlen, expires), s.timeout)
+        load: LoadResult = with_deadline(lambda: store.load(maxlen, expires), wait)
     except _Late as exc:  # slow, or holding a flood to wade through: trimmed in the background
         recorder.want_trim(maxlen, expires)
         logger.warning(

@@ -567,11 +567,25 @@ class _SqlStore:
 
     def _select(self) -> str:
         t, p = self.table, self.placeholder
+        signed = " AND mac IS NOT NULL" if self.limits.keys else ""  # unsigned ones: counted apart
         return (
             f"SELECT id_or_null, n, revoked_at, mac FROM (SELECT CASE WHEN length(id) <= {p} THEN id END "
-            f"AS id_or_null, length(id) AS n, revoked_at, mac, id FROM {t} WHERE NOT revoked_at <= {p}) s "
+            f"AS id_or_null, length(id) AS n, revoked_at, mac, id FROM {t} "
+            f"WHERE NOT revoked_at <= {p}{signed}) s "
             "ORDER BY revoked_at DESC, id"
         )
+
+    def _unsigned(self, conn: Any, cutoff: float) -> int:
+        """With keys: how many entries in force carry no MAC (counted by the database, not sent)."""
+        if not self.limits.keys:
+            return 0
+        cur = conn.cursor()
+        cur.execute(
+            f"SELECT count(*) FROM {self.table} WHERE mac IS NULL AND NOT revoked_at <= {self.placeholder}",
+            (cutoff,),
+        )
+        (count,) = cur.fetchone()
+        return int(count)
 
     def _cursor(self, conn: Any) -> Any:
         return conn.cursor()
@@ -596,6 +610,9 @@ class _SqlStore:
         with closing(self.connect()) as conn:
             migrated = self.create(conn.cursor())
             conn.commit()
+            unsigned = self._unsigned(conn, scan.cutoff)
+            if unsigned:
+                scan.invalid["unsigned"] += unsigned
             self._scan(conn, scan, stop_when_full=True)
             conn.rollback()
         scan.rows.reverse()
@@ -607,16 +624,19 @@ class _SqlStore:
         with closing(self.connect()) as conn:
             self.create(conn.cursor())
             conn.commit()
+            unsigned = self._unsigned(conn, scan.cutoff)
             self._scan(conn, scan, stop_when_full=False)
             cur = conn.cursor()
             if expires is not None:
                 cur.execute(f"DELETE FROM {t} WHERE revoked_at <= {p}", (scan.cutoff,))
             cur.execute(f"DELETE FROM {t} WHERE length(id) > {p}", (4 * self.limits.max_id_length,))
+            if self.limits.keys:
+                cur.execute(f"DELETE FROM {t} WHERE mac IS NULL")
             ids = [k for k in [*scan.invalid_keys, *scan.evicted_keys] if isinstance(k, bytes)]
             for i in range(0, len(ids), CHUNK):
                 cur.executemany(f"DELETE FROM {t} WHERE id = {p}", [(k,) for k in ids[i : i + CHUNK]])
             conn.commit()
-        return len(scan.invalid_keys), len(scan.evicted_keys)
+        return len(scan.invalid_keys) + unsigned, len(scan.evicted_keys)
 
     def count(self) -> int:
         with closing(self.connect()) as conn:

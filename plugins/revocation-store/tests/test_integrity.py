@@ -258,6 +258,7 @@ def test_with_keys_a_flood_of_unsigned_or_forged_entries_evicts_no_recorded_id(
         # the store checks each entry's MAC instead; see docs/security.md.
         "mingle_accept_unsigned": True,
         "mingle_revokes_max": 1000,
+        "mingle_plugin_timeout": 30.0,  # the store's timeout is capped by it
     }
     cluster = make_cluster(BROKER, app_conf)
     cluster.start("w1@flood")
