@@ -145,7 +145,8 @@ def test_a_bad_entry_is_skipped_alone_and_the_ten_good_ids_are_learnt_after_a_fu
 
 
 def celery_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(cluster.directory))
+    path = os.pathsep.join(filter(None, [str(cluster.directory), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "proj", *args],
         cwd=cluster.directory,
