@@ -571,7 +571,7 @@ class _SqlStore:
         return (
             f"SELECT id_or_null, n, revoked_at, mac FROM (SELECT CASE WHEN length(id) <= {p} THEN id END "
             f"AS id_or_null, length(id) AS n, revoked_at, mac, id FROM {t} "
-            f"WHERE NOT revoked_at <= {p}{signed}) s "
+            f"WHERE NOT (revoked_at <= {p} AND revoked_at > {p}){signed}) s "
             "ORDER BY revoked_at DESC, id"
         )
 
@@ -580,9 +580,11 @@ class _SqlStore:
         if not self.limits.keys:
             return 0
         cur = conn.cursor()
+        p = self.placeholder
         cur.execute(
-            f"SELECT count(*) FROM {self.table} WHERE mac IS NULL AND NOT revoked_at <= {self.placeholder}",
-            (cutoff,),
+            f"SELECT count(*) FROM {self.table} WHERE mac IS NULL "
+            f"AND NOT (revoked_at <= {p} AND revoked_at > {p})",
+            (cutoff, -math.inf),  # -inf itself is in force for the checks (a bad revoke time)
         )
         (count,) = cur.fetchone()
         return int(count)
@@ -592,7 +594,7 @@ class _SqlStore:
 
     def _scan(self, conn: Any, scan: _Scan, stop_when_full: bool) -> None:
         cur = self._cursor(conn)
-        cur.execute(self._select(), (4 * self.limits.max_id_length, scan.cutoff))
+        cur.execute(self._select(), (4 * self.limits.max_id_length, scan.cutoff, -math.inf))
         while True:
             chunk = cur.fetchmany(CHUNK)
             if not chunk:

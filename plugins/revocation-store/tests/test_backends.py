@@ -3,6 +3,7 @@ earliest revoke time, expiry, the cap, and a store down."""
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 import tracemalloc
@@ -178,3 +179,13 @@ def test_the_0_1_layout_is_migrated_on_first_use(store_conf: dict[str, str]) -> 
     again = open_store(store_conf["url"], old, limits=Limits(keys=("k",)))
     assert again.load(100, 3600).migrated == 0  # the old layout was renamed <name>:v1 / <name>_v1
     assert store.where in (f"{old}:v2", f"table {old}_v2")
+
+
+def test_a_revoke_time_that_is_not_a_finite_number_is_a_bad_entry(store_conf: dict[str, str]) -> None:
+    store = open_store(store_conf["url"], store_conf["name"], timeout=5.0)
+    store.record({"good": time.time()}, 100, 3600)
+    bad = [math.inf, -1.0] + ([math.nan, -math.inf] if store_conf["url"].startswith("postgres") else [])
+    for i, score in enumerate(bad):  # Redis refuses NaN itself, SQLite stores it as NULL (refused)
+        write_raw(store_conf, f"bad-{i}".encode(), score)
+    load = store.load(100, None)
+    assert [i for i, _ in load.rows] == ["good"] and load.invalid == {"bad revoke time": len(bad)}
