@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -238,6 +239,30 @@ def test_a_worker_stopping_while_the_store_is_down_keeps_its_revokes_beside_its_
     wait_until(lambda: set(ids) <= ids_in(store), 30, "the restarted worker to write its kept revokes")
     assert log_lines(again.log(), "3 revokes kept by the last run, not written yet: writing them")
     wait_until(lambda: not journal.exists(), 10, "the journal to be removed once written")
+    store.forget()
+
+
+def test_a_worker_killed_while_the_store_is_down_keeps_the_revokes_it_acknowledged(
+    backend: str, stoppable_store: Any, make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    conf = down_conf(stoppable_store)
+    cluster = make_cluster(BROKER, {"mingle_plugin_settings": {"store": conf}})
+    statedb = tmp_path / "w1.state"
+    journal = Path(f"{statedb}.mingle-store.json")
+    cluster.start("w1@kill", statedb=statedb)
+    stoppable_store.stop()
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    replies = cluster.client.control.revoke(ids, reply=True, timeout=5)  # acknowledged by the worker
+    assert replies and "ok" in replies[0]["w1@kill"]
+    assert set(json.loads(journal.read_text())["ids"]) == set(ids)  # written before the answer
+    cluster.stop_node("w1@kill", signal.SIGKILL)  # no shutdown at all
+
+    stoppable_store.start()
+    store = open_store(conf["url"], conf["name"], timeout=5.0)
+    cluster.start("w1@kill", statedb=statedb)
+    wait_until(
+        lambda: set(ids) <= ids_in(store), 30, "the restarted worker to write the acknowledged revokes"
+    )
     store.forget()
 
 
