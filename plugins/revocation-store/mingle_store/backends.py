@@ -25,6 +25,7 @@ them. Each call opens its own short-lived connection, with ``timeout`` to connec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -32,10 +33,10 @@ import re
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -466,6 +467,23 @@ class RedisStore:
         return copied
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _recreate_on_error(method: F) -> F:
+    """After a failure (the table dropped, say), check the table and the old layout again next time."""
+
+    @functools.wraps(method)
+    def wrapper(self: _SqlStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            self._migrated = False
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
 class _SqlStore:
     """The table of the PostgreSQL and SQLite stores: ``<name>_v2 (id, revoked_at, mac)``."""
 
@@ -549,6 +567,7 @@ class _SqlStore:
             change,
         )
 
+    @_recreate_on_error
     def record(self, ids: Mapping[str, float], maxlen: int | None, expires: float | None) -> None:
         t, p = self.table, self.placeholder
         with closing(self.connect()) as conn:
@@ -607,6 +626,7 @@ class _SqlStore:
                     return
         cur.close()
 
+    @_recreate_on_error
     def load(self, maxlen: int | None, expires: float | None) -> LoadResult:
         scan = _Scan(self.limits, maxlen, _cutoff(expires, time.time()))
         with closing(self.connect()) as conn:
@@ -620,6 +640,7 @@ class _SqlStore:
         scan.rows.reverse()
         return LoadResult(scan.rows, scan.invalid, migrated)
 
+    @_recreate_on_error
     def trim(self, maxlen: int | None, expires: float | None) -> tuple[int, int]:
         t, p = self.table, self.placeholder
         scan = _Scan(self.limits, maxlen, _cutoff(expires, time.time()))
@@ -640,6 +661,7 @@ class _SqlStore:
             conn.commit()
         return len(scan.invalid_keys) + unsigned, len(scan.evicted_keys)
 
+    @_recreate_on_error
     def count(self) -> int:
         with closing(self.connect()) as conn:
             cur = conn.cursor()

@@ -189,3 +189,14 @@ def test_a_revoke_time_that_is_not_a_finite_number_is_a_bad_entry(store_conf: di
         write_raw(store_conf, f"bad-{i}".encode(), score)
     load = store.load(100, None)
     assert [i for i, _ in load.rows] == ["good"] and load.invalid == {"bad revoke time": len(bad)}
+
+
+def test_a_table_dropped_under_a_running_store_is_made_again(store_conf: dict[str, str]) -> None:
+    store = open_store(store_conf["url"], store_conf["name"], timeout=5.0)
+    store.record({"a": time.time()}, 100, 3600)
+    open_store(store_conf["url"], store_conf["name"]).forget()  # an operator drops it
+    if not store_conf["url"].startswith("redis"):
+        with pytest.raises(Exception):  # noqa: B017 -- each database raises its own
+            store.record({"b": time.time()}, 100, 3600)  # the table is gone: this write fails
+    store.record({"c": time.time()}, 100, 3600)  # the next one makes the table again
+    assert "c" in {i for i, _ in store.load(100, 3600).rows}
