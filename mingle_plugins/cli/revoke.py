@@ -9,7 +9,11 @@ from ..client.revoking import revoke as revoke_ids
 from ..plugins.diagnostics import quiet_logs
 from ._output import echo_json, obj_app
 
-__all__ = ["revoke"]
+__all__ = ["EX_UNAVAILABLE", "revoke"]
+
+#: The revoke was recorded in no place that outlives the workers, though a plugin tried
+#: (as Celery's own commands when the broker is not reached).
+EX_UNAVAILABLE = 69
 
 
 @click.command(cls=CeleryCommand)
@@ -25,12 +29,30 @@ def revoke(
     revocation store), then broadcast the revoke as `celery control revoke` does.
 
     A revoke recorded this way reaches workers started later, even when no worker is up now.
+    Exit status 69 when a plugin that keeps revokes did not take them and none did: the
+    broadcast was still sent (workers up now have the revoke).
     """
     app = obj_app(ctx)
     with quiet_logs():
         outcome = revoke_ids(app, task_ids, terminate=terminate, signal=signal)
+    lost = bool(outcome.failed) and not outcome.recorded_in
     if as_json:
-        echo_json({"ids": list(outcome.ids), "recorded_in": list(outcome.recorded_in)})
-        return
-    where = ", ".join(outcome.recorded_in) or "nowhere (no plugin keeps revokes: workers up now only)"
-    click.echo(f"revoked {len(outcome.ids)} task(s); recorded in: {where}")
+        echo_json(
+            {
+                "ids": list(outcome.ids),
+                "recorded_in": list(outcome.recorded_in),
+                "failed": list(outcome.failed),
+            }
+        )
+    elif lost:
+        click.echo(
+            f"error: revoked {len(outcome.ids)} task(s) on the workers up now only; not recorded: "
+            f"{'; '.join(outcome.failed)}",
+            err=True,
+        )
+    else:
+        where = ", ".join(outcome.recorded_in) or "nowhere (no plugin keeps revokes: workers up now only)"
+        failed = f"; not recorded: {'; '.join(outcome.failed)}" if outcome.failed else ""
+        click.echo(f"revoked {len(outcome.ids)} task(s); recorded in: {where}{failed}")
+    if lost:
+        ctx.exit(EX_UNAVAILABLE)

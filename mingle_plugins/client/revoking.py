@@ -25,6 +25,11 @@ class RevokeOutcome:
     ids: tuple[str, ...]
     #: Where plugins recorded them (``mingle_record_revoke`` answers); empty when nowhere.
     recorded_in: tuple[str, ...]
+    #: The plugins that tried to record them and failed (raised or hung), each with why:
+    #: ``"plugin 'store' raised StoreError('...')"``. Empty with ``recorded_in``: no plugin keeps revokes.
+    #:
+    #: .. versionadded:: 0.2
+    failed: tuple[str, ...] = ()
 
 
 def revoke(
@@ -38,6 +43,7 @@ def revoke(
 ) -> RevokeOutcome:
     """Record ``task_ids`` through the ``mingle_record_revoke`` plugins, then ``app.control.revoke``
     them (always, whatever the plugins did). Extra keyword arguments go to ``app.control.revoke``.
+    A plugin that raises or hangs is named in ``failed``.
 
     :param config: the settings and plugins to use; by default the app's (``configure(app.conf)``).
 
@@ -45,6 +51,8 @@ def revoke(
     """
     ids = tuple(dict.fromkeys([task_ids] if isinstance(task_ids, str) else task_ids))
     config = config or configure(app.conf)
+    hook = "mingle_record_revoke"
+    before = {key: fault.count for key, fault in config.runner.faults.items() if key[1] == hook}
     recorded = tuple(
         str(result.value)
         for result in config.runner.each(
@@ -52,6 +60,11 @@ def revoke(
         )
         if result.value
     )
+    failed = tuple(
+        f"plugin {fault.plugin!r} {fault.last}"
+        for key, fault in config.runner.faults.items()
+        if key[1] == hook and fault.count > before.get(key, 0)
+    )
     if ids:
         app.control.revoke(list(ids), terminate=terminate, signal=signal, **kwargs)
-    return RevokeOutcome(ids, recorded)
+    return RevokeOutcome(ids, recorded, failed)

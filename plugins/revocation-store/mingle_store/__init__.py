@@ -3,38 +3,47 @@
 Through the mingle hooks only:
 
 - ``mingle_on_revoke``: every revoke this worker receives is recorded in the
-  store (ids and revoke time), in a background thread, once per id however
-  many workers record it;
+  store (ids and revoke time) by a background thread. A revoke the store did
+  not take is kept (in memory, and beside the worker's ``--statedb`` when it
+  has one) and written again with back-off until the store takes it; at
+  shutdown the worker writes what it can and says how many it could not;
 - ``mingle_extra_replies``: at every mingle the store answers like a
   neighbour, as the node ``store@<host of the URL>`` (setting ``source``): its
   reply takes the same checks, trust settings, ``mingle_on_reply`` and merge
   policies; a store down or slow is one log line and
-  ``summary.sources_unreached``. The reply carries each id's age (seconds
-  since its revoke time, the core's ``mingle.ages``), so the core merges the
-  ids stamped with their revoke time and they expire on time.
+  ``summary.sources_unreached``. Each entry is checked alone (an invalid one is
+  skipped and counted, in one WARNING line per load); with ``mingle_hmac_keys``
+  entries carry a MAC and unsigned ones are refused. The reply carries each
+  id's age (the core's ``mingle.ages``), so the ids expire on time.
 
 Configure with ``mingle_plugin_settings = {"store": {"url": "redis://..."}}``.
 ``mingle_record_revoke``: ``celery -A proj mingle revoke ID...`` (and
 ``mingle_plugins.revoke(app, ids)``) record the ids in the store before they are
-broadcast, so that a revoke sent while no worker is up reaches the first one that starts.
+broadcast, so that a revoke sent while no worker is up reaches the first one
+that starts; when the store does not take them the hook raises
+:class:`StoreError`, which names the store.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
-import queue
+import os
+import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from celery.worker import state as worker_state
 
 from mingle_plugins import (
     MingleSettings,
+    MingleSummary,
     Parser,
     SettingsRegistry,
     WorkerConsumer,
@@ -42,13 +51,21 @@ from mingle_plugins import (
     seconds,
     setting,
 )
-from mingle_plugins.plugins.runner import Overdue, call_with_deadline
 
-from .backends import SCHEMES, RevocationStore, open_store, safe_url
+from .backends import SCHEMES, Limits, LoadResult, RevocationStore, open_store, safe_url
 
-__all__ = ["PLUGIN_NAME", "StoreSettings", "source_name", "store_for"]
+__all__ = [
+    "PLUGIN_NAME",
+    "Recorder",
+    "StoreError",
+    "StoreSettings",
+    "limits_of",
+    "recorder_for",
+    "source_name",
+    "store_for",
+]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logger = logging.getLogger("mingle_store")
 
@@ -69,7 +86,7 @@ def _url(value: Any) -> str | None:
 def _identifier(value: Any) -> str:
     if not isinstance(value, str) or not value.replace("_", "a").isalnum() or value[0].isdigit():
         raise ValueError(value)
-    if len(value) > 63:
+    if len(value) > 48:
         raise ValueError(value)
     return value
 
@@ -85,7 +102,7 @@ def _source(value: Any) -> str | None:
 
 
 url_parser = Parser(_url, "None, or a redis://, rediss://, postgresql:// or sqlite:/// URL", "str")
-identifier = Parser(_identifier, "a name of letters, digits and _ (at most 63)", "str")
+identifier = Parser(_identifier, "a name of letters, digits and _ (at most 48)", "str")
 source_parser = Parser(_source, "None, or a node name of the form name@host", "str")
 
 
@@ -102,11 +119,20 @@ class StoreSettings:
     timeout: float = setting(
         1.0,
         "Seconds a mingle waits for the store (and to connect, and per command): past it the store "
-        "is not reached, and the mingle goes on with the neighbours.",
+        "is not reached, and the mingle goes on with the neighbours. At most `mingle_plugin_timeout` "
+        "less 0.5 s.",
         seconds,
     )
     name: str = setting(
-        "celery_mingle_revoked", "The Redis key (a sorted set), or the table name.", identifier
+        "celery_mingle_revoked",
+        "The prefix of the Redis keys (`<name>:v2`, `<name>:v2:mac`) or of the table (`<name>_v2`).",
+        identifier,
+    )
+    retry_max: float = setting(
+        30.0,
+        "A worker writes a revoke the store did not take again, after 0.5 s, then twice as long each "
+        "time, up to this many seconds between attempts, until the store takes it.",
+        seconds,
     )
     source: str | None = setting(
         None,
@@ -124,81 +150,312 @@ def source_name(s: StoreSettings) -> str:
     return f"store@{host or 'localhost'}"
 
 
-_STORES: dict[tuple[str, str, float], RevocationStore] = {}
+def limits_of(settings: MingleSettings) -> Limits:
+    """How the store checks (and signs) entries: ``mingle_max_id_length``, ``mingle_hmac_keys``."""
+    return Limits(settings.max_id_length, tuple(settings.hmac_keys))
+
+
+class StoreError(Exception):
+    """The store did not take a write (the message names the store and why)."""
+
+
+_STORES: dict[tuple[str, str, float, Limits], RevocationStore] = {}
 _LOCK = threading.Lock()
 
 
-def store_for(s: StoreSettings) -> RevocationStore | None:
-    """The store of these settings (one per process and URL), or ``None`` (logged) if unusable."""
+def store_for(s: StoreSettings, limits: Limits | None = None) -> RevocationStore | None:
+    """The store of these settings (one per process, URL and limits), or ``None`` (logged) if unusable."""
     if not s.url:
         return None
-    key = (s.url, s.name, s.timeout)
+    limits = limits or Limits()
+    key = (s.url, s.name, s.timeout, limits)
     with _LOCK:
         if key not in _STORES:
             try:
-                _STORES[key] = open_store(s.url, s.name, s.timeout)
+                _STORES[key] = open_store(s.url, s.name, s.timeout, limits)
             except (ImportError, ValueError) as exc:
                 logger.error("mingle: revocation store %s cannot be used: %s", safe_url(s.url), exc)
                 return None
         return _STORES[key]
 
 
-# -- recording: a background thread, so that a revoke never waits for the store ---------------------
+T = TypeVar("T")
+
+
+class _Late(TimeoutError):
+    pass
+
+
+def with_deadline(fn: Callable[[], T], timeout: float) -> T:
+    """``fn()`` in a daemon thread; :class:`TimeoutError` when it has not returned by ``timeout``."""
+    out: list[Any] = []
+
+    def target() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as exc:
+            out.append((False, exc))
+
+    thread = threading.Thread(target=target, name="mingle-store-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not out:
+        raise _Late(f"no answer within {timeout:g}s")
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+# -- recording: a background thread that keeps what the store did not take -------------------------
 
 
 class Recorder:
-    """Records revokes in one store, in order, from a daemon thread."""
+    """Writes revokes to one store from a daemon thread; keeps what it did not take and retries.
 
-    def __init__(self, store: RevocationStore) -> None:
+    ``pending`` is ``{id: revoke time}``: the revokes this process was given and the store has not
+    taken yet. With a ``journal`` (beside the worker's ``--statedb``) it is saved there at each
+    change and read back at the next start, so a revoke survives a restart of the worker while
+    the store is down.
+    """
+
+    def __init__(self, store: RevocationStore, retry_max: float = 30.0) -> None:
         self.store = store
-        self.queue: queue.Queue[tuple[dict[str, float], int | None, float | None]] = queue.Queue()
-        self.failing = False
+        self.retry_max = retry_max
+        self.pending: dict[str, float] = {}
+        self.bounds: tuple[int | None, float | None] = (None, None)
+        self.journal: Path | None = None
+        self.failures = 0
+        self.last_error = ""
+        self.last_written: float | None = None
+        self.attempts = 0
+        self.trim_wanted = False
+        self._next_try = 0.0
+        self._busy = False
+        self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="mingle-store-recorder", daemon=True)
         self.thread.start()
 
+    # -- what the hooks call --
+
     def submit(self, ids: Mapping[str, float], maxlen: int | None, expires: float | None) -> None:
-        self.queue.put((dict(ids), maxlen, expires))
+        with self._cond:
+            for task_id, at in ids.items():
+                if task_id not in self.pending or at < self.pending[task_id]:
+                    self.pending[task_id] = at
+            self.bounds = (maxlen, expires)
+            self._bound()
+            self._save()
+            if not self.failures:
+                self._next_try = 0.0
+            self._cond.notify_all()
+
+    def want_trim(self, maxlen: int | None, expires: float | None) -> None:
+        """Ask for the invalid entries to be deleted (after a load found some)."""
+        with self._cond:
+            self.bounds = (maxlen, expires)
+            self.trim_wanted = True
+            self._cond.notify_all()
+
+    def use_journal(self, path: Path) -> None:
+        """Keep the pending revokes in ``path``; the ones it holds (a previous run's) are written."""
+        with self._cond:
+            if self.journal == path:
+                return
+            self.journal = path
+            try:
+                data = json.loads(path.read_text())
+                kept = {str(i): float(at) for i, at in data.get("ids", {}).items()}
+            except FileNotFoundError:
+                kept = {}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                logger.error("mingle: revocation store %s: cannot read %s: %r", self.store.url, path, exc)
+                kept = {}
+            if kept:
+                logger.info(
+                    "mingle: revocation store %s: %d revokes kept by the last run, not written yet: "
+                    "writing them",
+                    self.store.url,
+                    len(kept),
+                )
+            for task_id, at in kept.items():
+                if task_id not in self.pending or at < self.pending[task_id]:
+                    self.pending[task_id] = at
+            self._save()
+            self._cond.notify_all()
+
+    def state(self) -> dict[str, Any]:
+        """Pending writes, failures and the last error, for logs and the status line."""
+        with self._cond:
+            return {
+                "store": self.store.url,
+                "pending": len(self.pending),
+                "failures": self.failures,
+                "last_error": self.last_error,
+                "last_written": self.last_written,
+                "journal": str(self.journal) if self.journal else None,
+            }
+
+    def flush(self, timeout: float) -> bool:
+        """Write now what is pending, waiting up to ``timeout``; whether nothing is left."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            attempts = self.attempts
+            self._next_try = 0.0
+            self._cond.notify_all()
+            while (self.pending or self._busy) and time.monotonic() < deadline:
+                if self.attempts > attempts and not self._busy and self.failures:
+                    break  # tried once more since asked, and failed
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            return not self.pending
+
+    def close(self, timeout: float) -> int:
+        """At exit: write what can be, and say how many could not be; returns that count."""
+        if not self.pending:
+            return 0
+        self.flush(timeout)
+        with self._cond:
+            left = len(self.pending)
+        if left:
+            where = (
+                f"kept in {self.journal}, written at the next start of this worker"
+                if self.journal
+                else "lost from this worker: it has no --statedb to keep them"
+            )
+            logger.warning(
+                "mingle: revocation store %s not reached at shutdown: %d revokes not written (%s); "
+                "last error: %s",
+                self.store.url,
+                left,
+                where,
+                self.last_error,
+            )
+        else:
+            logger.info("mingle: revocation store %s: every revoke written before shutdown", self.store.url)
+        return left
+
+    # -- the thread --
+
+    def _bound(self) -> None:
+        maxlen, expires = self.bounds
+        if expires is not None:
+            cutoff = time.time() - expires
+            for task_id in [i for i, at in self.pending.items() if at <= cutoff]:
+                del self.pending[task_id]  # expired: no worker would keep it either
+        if maxlen and len(self.pending) > maxlen:
+            for task_id, _ in sorted(self.pending.items(), key=lambda kv: kv[1])[
+                : len(self.pending) - maxlen
+            ]:
+                del self.pending[task_id]  # the oldest, as the worker's own set drops them
+
+    def _save(self) -> None:
+        if self.journal is None:
+            return
+        tmp = self.journal.with_name(self.journal.name + ".tmp")
+        try:
+            if self.pending:
+                tmp.write_text(json.dumps({"store": self.store.url, "ids": self.pending}))
+                os.replace(tmp, self.journal)
+            elif self.journal.exists():
+                self.journal.unlink()
+        except OSError as exc:
+            logger.error(
+                "mingle: revocation store %s: cannot write %s: %r", self.store.url, self.journal, exc
+            )
 
     def _run(self) -> None:
         while True:
-            ids, maxlen, expires = self.queue.get()
-            try:
-                self.store.record(ids, maxlen, expires)
-            except Exception as exc:
-                if not self.failing:
-                    logger.warning(
-                        "mingle: revocation store %s not reached, %d revoked ids not recorded: %r",
-                        self.store.url,
-                        len(ids),
-                        exc,
+            with self._cond:
+                while not (self.pending or self.trim_wanted) or time.monotonic() < self._next_try:
+                    wait = (
+                        None if not (self.pending or self.trim_wanted) else self._next_try - time.monotonic()
                     )
-                self.failing = True
+                    self._cond.wait(wait)
+                batch = dict(list(self.pending.items())[:10000])
+                maxlen, expires = self.bounds
+                trim, self.trim_wanted = self.trim_wanted, False
+                self._busy = True
+            try:
+                if batch:
+                    self.store.record(batch, maxlen, expires)
+                if trim:
+                    invalid, _evicted = self.store.trim(maxlen, expires)
+                    if invalid:  # each was counted in the WARNING line of the load that found it
+                        logger.info(
+                            "mingle: revocation store %s: deleted %d invalid entries", self.store.url, invalid
+                        )
+            except Exception as exc:
+                self._failed(batch, exc)
             else:
-                if self.failing:
-                    logger.info("mingle: revocation store %s reached again", self.store.url)
-                self.failing = False
-                logger.debug("mingle: recorded %d revoked ids in %s", len(ids), self.store.url)
+                self._written(batch)
             finally:
-                self.queue.task_done()
+                with self._cond:
+                    self._busy = False
+                    self.attempts += 1
+                    self._cond.notify_all()
 
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for what was submitted to be recorded (or fail)."""
-        deadline = time.monotonic() + timeout
-        while self.queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not self.queue.unfinished_tasks
+    def _failed(self, batch: Mapping[str, float], exc: Exception) -> None:
+        with self._cond:
+            self.failures += 1
+            self.last_error = repr(exc)[:300]
+            delay = min(self.retry_max, 0.5 * 2 ** min(self.failures - 1, 16)) * random.uniform(0.8, 1.0)
+            self._next_try = time.monotonic() + delay
+            count = len(self.pending)
+            kept = f"in memory and in {self.journal}" if self.journal else "in memory"
+        if self.failures == 1 or self.failures % 20 == 0:
+            logger.warning(
+                "mingle: revocation store %s not reached (%s attempt%s): %d revokes kept %s, written "
+                "again with back-off (next in %.1fs): %s",
+                self.store.url,
+                self.failures,
+                "" if self.failures == 1 else "s",
+                count,
+                kept,
+                delay,
+                self.last_error,
+            )
+        else:
+            logger.debug("mingle: revocation store %s not reached again: %s", self.store.url, self.last_error)
+
+    def _written(self, batch: Mapping[str, float]) -> None:
+        with self._cond:
+            for task_id, at in batch.items():
+                if self.pending.get(task_id) == at:
+                    del self.pending[task_id]
+            failures, self.failures = self.failures, 0
+            self.last_written = time.time()
+            self.last_error = ""
+            self._next_try = 0.0
+            self._save()
+        if failures:
+            logger.info(
+                "mingle: revocation store %s reached again after %d failed attempts: wrote %d kept revokes",
+                self.store.url,
+                failures,
+                len(batch),
+            )
+        elif batch:
+            logger.debug("mingle: recorded %d revoked ids in %s", len(batch), self.store.url)
 
 
 _RECORDERS: dict[int, Recorder] = {}
 
 
-def recorder_for(store: RevocationStore, timeout: float) -> Recorder:
+def recorder_for(store: RevocationStore, timeout: float, retry_max: float = 30.0) -> Recorder:
+    """The recorder of one store in this process (made, with its exit flush, on first use)."""
     with _LOCK:
         recorder = _RECORDERS.get(id(store))
         if recorder is None:
-            recorder = _RECORDERS[id(store)] = Recorder(store)
-            atexit.register(recorder.flush, timeout)  # a worker stopping right after a revoke
+            recorder = _RECORDERS[id(store)] = Recorder(store, retry_max)
+            atexit.register(recorder.close, max(timeout, 2.0))  # a worker stopping right after a revoke
         return recorder
+
+
+def journal_path(statedb: Any) -> Path | None:
+    """Where a worker with ``--statedb`` keeps the revokes the store has not taken yet."""
+    if not statedb or not isinstance(statedb, (str, os.PathLike)):
+        return None
+    return Path(os.fspath(statedb) + ".mingle-store.json")
 
 
 def client_bounds(settings: MingleSettings) -> tuple[int | None, float | None]:
@@ -217,6 +474,25 @@ def _bounds(consumer: WorkerConsumer) -> tuple[int | None, float | None]:
     return maxlen, expires
 
 
+def _worker_recorder(consumer: WorkerConsumer, s: StoreSettings, settings: MingleSettings) -> Recorder | None:
+    store = store_for(s, limits_of(settings))
+    if store is None:
+        return None
+    recorder = recorder_for(store, s.timeout, s.retry_max)
+    journal = journal_path(getattr(consumer.controller, "statedb", None))
+    if journal is not None:
+        recorder.use_journal(journal)
+    return recorder
+
+
+#: What the last load of each store (by ``id``) at a mingle saw, for ``mingle_plugin_status``.
+_LAST_LOAD: dict[int, dict[str, Any]] = {}
+
+
+def _reasons(load: LoadResult) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(load.invalid.items()))
+
+
 # -- the hooks -------------------------------------------------------------------------------------
 
 
@@ -228,57 +504,150 @@ def mingle_add_settings(registry: SettingsRegistry) -> None:
 @hookimpl
 def mingle_on_revoke(consumer: WorkerConsumer, ids: tuple[str, ...], settings: MingleSettings) -> None:
     s = settings.plugin(StoreSettings)
-    store = store_for(s)
-    if store is None:
+    recorder = _worker_recorder(consumer, s, settings)
+    if recorder is None:
         return
-    now = time.time()
     maxlen, expires = _bounds(consumer)
-    recorder_for(store, s.timeout).submit(dict.fromkeys(ids, now), maxlen, expires)
+    recorder.submit(dict.fromkeys(ids, time.time()), maxlen, expires)
 
 
 @hookimpl
 def mingle_record_revoke(ids: tuple[str, ...], settings: MingleSettings) -> str | None:
-    """Record revokes sent by ``celery mingle revoke`` / ``mingle_plugins.revoke`` (no worker)."""
+    """Record revokes sent by ``celery mingle revoke`` / ``mingle_plugins.revoke`` (no worker).
+
+    :raises StoreError: when the store did not take them (the broadcast is sent anyway).
+    """
     s = settings.plugin(StoreSettings)
-    store = store_for(s)
-    if store is None or not ids:
+    if not s.url:
+        return None
+    store = store_for(s, limits_of(settings))
+    name = source_name(s)
+    if store is None:
+        raise StoreError(f"revocation store {name} ({safe_url(s.url)}) cannot be used (see the log)")
+    if not ids:
         return None
     maxlen, expires = client_bounds(settings)
+    stamp = dict.fromkeys(ids, time.time())
     try:
-        call_with_deadline(
-            store.record, s.timeout, ids=dict.fromkeys(ids, time.time()), maxlen=maxlen, expires=expires
+        with_deadline(
+            lambda: store.record(stamp, maxlen, expires),
+            min(s.timeout * 3, max(0.1, settings.plugin_timeout - 0.5)),
         )
-    except Exception as exc:  # the broadcast still goes; the sender is told
-        logger.warning(
-            "mingle: revocation store %s not reached; %d ids not recorded: %r", store.url, len(ids), exc
-        )
-        return None
-    return source_name(s)
+    except Exception as exc:
+        raise StoreError(
+            f"revocation store {name} ({store.url}) did not take the ids: {exc!r:.200}"
+        ) from None
+    return name
 
 
 @hookimpl
 def mingle_extra_replies(consumer: WorkerConsumer, settings: MingleSettings) -> Mapping[str, Any] | None:
     s = settings.plugin(StoreSettings)
-    store = store_for(s)
-    if store is None:
+    recorder = _worker_recorder(consumer, s, settings)
+    if recorder is None:
         return None
+    store = recorder.store
     name = source_name(s)
     maxlen, expires = _bounds(consumer)
+    # Within mingle_plugin_timeout, past which the core would abandon this hook (a plugin fault).
+    wait = min(s.timeout, max(0.1, settings.plugin_timeout - 0.5))
     try:
-        rows: list[tuple[str, float]] = call_with_deadline(
-            store.load, s.timeout, maxlen=maxlen, expires=expires
+        load: LoadResult = with_deadline(lambda: store.load(maxlen, expires), wait)
+    except _Late as exc:  # slow, or holding a flood to wade through: trimmed in the background
+        _LAST_LOAD[id(store)] = {"reachable": False, "last_load_error": str(exc)[:300]}
+        recorder.want_trim(maxlen, expires)
+        logger.warning(
+            "mingle: revocation store %s not reached (%s); mingling with the neighbours only "
+            "(its invalid and surplus entries are deleted in the background)",
+            store.url,
+            exc,
         )
-    except Overdue:
-        problem = f"no answer within {s.timeout:g}s"
+        return {name: None}
     except Exception as exc:
-        problem = repr(exc)
+        _LAST_LOAD[id(store)] = {"reachable": False, "last_load_error": repr(exc)[:300]}
+        logger.warning(
+            "mingle: revocation store %s not reached (%r); mingling with the neighbours only", store.url, exc
+        )
+        return {name: None}
+    _LAST_LOAD[id(store)] = {
+        "reachable": True,
+        "ids_in_force": len(load.rows),
+        "invalid_entries": load.invalid_count,
+    }
+    if load.migrated:
+        logger.warning(
+            "mingle: revocation store %s: migrated %d entries of the 0.1 layout to %s",
+            store.url,
+            load.migrated,
+            store.where,
+        )
+    logger.info("mingle: revocation store %s (%s): %d ids in force", store.url, name, len(load.rows))
+    if load.invalid:
+        logger.warning(
+            "mingle: revocation store %s: skipped %d invalid entries (%s); the %d valid ones are used",
+            store.url,
+            load.invalid_count,
+            _reasons(load),
+            len(load.rows),
+        )
+        recorder.want_trim(maxlen, expires)
+    now = time.time()
+    ages = [round(max(0.0, now - revoked_at), 3) for _, revoked_at in load.rows]
+    body = {"revoked": [task_id for task_id, _ in load.rows], "clock": None, "mingle": {"v": 2, "ages": ages}}
+    return {name: body}
+
+
+@hookimpl
+def mingle_plugin_status(consumer: WorkerConsumer, settings: MingleSettings) -> Mapping[str, Any] | None:
+    """The store's state as this worker last saw it: reachable at the last mingle, entries in
+    force, invalid entries, revokes waiting to be written, failed writes, the last error."""
+    s = settings.plugin(StoreSettings)
+    if not s.url:
+        return None
+    store = store_for(s, limits_of(settings))
+    if store is None:
+        return {"store": source_name(s), "problem": "the store cannot be used (see the worker's log)"}
+    state: dict[str, Any] = {"store": store.url, **_LAST_LOAD.get(id(store), {})}
+    recorder = _RECORDERS.get(id(store))
+    if recorder is not None:
+        written = recorder.state()
+        state.update(
+            pending_writes=written["pending"],
+            failed_writes=written["failures"],
+            last_error=written["last_error"],
+        )
+        if written["pending"] and written["failures"]:
+            state["problem"] = (
+                f"{written['pending']} revokes not written to the store yet "
+                f"({written['failures']} failed writes; last: {written['last_error']})"
+            )
+    return state
+
+
+@hookimpl
+def mingle_sync_complete(consumer: WorkerConsumer, summary: MingleSummary, settings: MingleSettings) -> None:
+    """One line: the ids the store brought apart from the neighbours', and the writes pending."""
+    s = settings.plugin(StoreSettings)
+    if not s.url:
+        return
+    name = source_name(s)
+    outcome = summary.nodes.get(name)
+    store = store_for(s, limits_of(settings))
+    recorder = _RECORDERS.get(id(store)) if store is not None else None
+    pending = recorder.state()["pending"] if recorder is not None else 0
+    from_neighbours = sum(o.ids_merged for node, o in summary.nodes.items() if node != name)
+    if name in summary.sources_unreached:
+        state = "unreachable at this mingle"
+    elif outcome is None:
+        state = "no answer"
+    elif outcome.status == "rejected":
+        state = f"reply rejected ({outcome.reason})"
     else:
-        logger.info("mingle: revocation store %s (%s): %d ids in force", store.url, name, len(rows))
-        now = time.time()
-        ages = [round(max(0.0, now - revoked_at), 3) for _, revoked_at in rows]
-        body = {"revoked": [task_id for task_id, _ in rows], "clock": None, "mingle": {"v": 2, "ages": ages}}
-        return {name: body}
-    logger.warning(
-        "mingle: revocation store %s not reached (%s); mingling with the neighbours only", store.url, problem
+        state = f"{outcome.ids_received} ids, {outcome.ids_merged} merged"
+    logger.info(
+        "mingle: revocation store %s: %s; neighbours: %d ids merged; %d revokes waiting to be written",
+        name,
+        state,
+        from_neighbours,
+        pending,
     )
-    return {name: None}

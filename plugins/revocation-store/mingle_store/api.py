@@ -13,14 +13,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mingle_plugins import MingleSettings, SettingsRegistry, load_settings
 from mingle_plugins import revoke as mingle_revoke
-from mingle_plugins.parsers import parse_fields, report_problems
-from mingle_plugins.settings import load_settings
 
-from . import PLUGIN_NAME, StoreSettings, client_bounds, source_name, store_for
-from .backends import RevocationStore
+from . import PLUGIN_NAME, StoreSettings, client_bounds, limits_of, source_name, store_for
+from .backends import LoadResult, RevocationStore
 
-__all__ = ["RevokeResult", "bounds", "revoke", "settings_of", "stored"]
+__all__ = ["RevokeResult", "bounds", "revoke", "settings_of", "store_of", "stored"]
 
 logger = logging.getLogger("mingle_store")
 
@@ -38,18 +37,26 @@ class RevokeResult:
     problem: str = ""
 
 
+def _resolved(conf: Mapping[str, Any]) -> MingleSettings:
+    registry = SettingsRegistry()
+    registry.add(PLUGIN_NAME, StoreSettings)
+    return registry.resolve(load_settings(conf)[0])[0]
+
+
 def settings_of(conf: Mapping[str, Any]) -> StoreSettings:
     """The plugin's settings in a Celery configuration (bad values logged, defaults used)."""
-    blocks = conf.get("mingle_plugin_settings") or {}
-    raw = blocks.get(PLUGIN_NAME, {}) if isinstance(blocks, Mapping) else {}
-    value, problems = parse_fields(StoreSettings, raw if isinstance(raw, Mapping) else {})
-    report_problems(f"mingle_plugin_settings[{PLUGIN_NAME!r}]", value, "", problems)
-    return value
+    return _resolved(conf).plugin(StoreSettings)
 
 
 def bounds(conf: Mapping[str, Any]) -> tuple[int | None, float | None]:
     """The cap and expiry a worker of this app gives its revoked set (:func:`client_bounds`)."""
     return client_bounds(load_settings(conf)[0])
+
+
+def store_of(conf: Mapping[str, Any]) -> RevocationStore | None:
+    """The app's store, checking (and signing) entries as its workers do; ``None`` without one."""
+    settings = _resolved(conf)
+    return store_for(settings.plugin(StoreSettings), limits_of(settings))
 
 
 def revoke(
@@ -66,24 +73,24 @@ def revoke(
     The broadcast is sent also when the store is not reached (the result says so).
     """
     s = settings_of(app.conf)
-    store = store_for(s)
+    store = store_of(app.conf)
     outcome = mingle_revoke(app, task_ids, terminate=terminate, signal=signal, **kwargs)
     recorded = source_name(s) in outcome.recorded_in
     problem = ""
     if store is None:
         problem = "no store configured (mingle_plugin_settings['store']['url'])" if not s.url else "unusable"
     elif not recorded:
-        problem = "the store was not reached (see the log)"
+        problem = "; ".join(outcome.failed) or "the store did not take the ids (see the log)"
     return RevokeResult(outcome.ids, store.url if store is not None else None, recorded, problem)
 
 
-def stored(app: Any) -> tuple[RevocationStore, list[tuple[str, float]]]:
-    """The app's store and the ids in force in it, ``(id, revoke time)``, oldest first.
+def stored(app: Any) -> tuple[RevocationStore, LoadResult]:
+    """The app's store and what a worker would load from it: the valid ids in force,
+    ``(id, revoke time)``, oldest first, and the invalid entries skipped.
 
     :raises LookupError: when the app has no usable store. Errors of the store propagate.
     """
-    s = settings_of(app.conf)
-    store = store_for(s)
+    store = store_of(app.conf)
     if store is None:
         raise LookupError("no usable store: set mingle_plugin_settings['store']['url']")
     maxlen, expires = bounds(app.conf)

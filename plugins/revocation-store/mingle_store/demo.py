@@ -188,11 +188,11 @@ def _story(part: Part, count: int, store: bool) -> tuple[int, int, int]:
                 raise DemoFailed(f"{node} did not get the revokes")
     part.say("  both workers have them (inspect revoked)")
     if store:
-        _, rows = api.stored(part.app)
+        rows = api.stored(part.app)[1].rows
         deadline = time.monotonic() + 15.0
         while not set(ids) <= {i for i, _ in rows} and time.monotonic() < deadline:
             time.sleep(0.1)
-            _, rows = api.stored(part.app)
+            rows = api.stored(part.app)[1].rows
         part.say(f"  the workers recorded them in the store: it holds {len(rows)} ids")
     part.say("stopping every worker (a full restart) ...")
     part.stop_all()

@@ -117,7 +117,7 @@ def test_revokes_received_are_recorded(
     store = mingle_store.store_for(step.settings.plugin(StoreSettings))
     assert store is not None
     assert mingle_store.recorder_for(store, 5.0).flush(10.0)
-    assert {i for i, _ in open_store(url).load(100, 10800)} == {"r1", "r2"}
+    assert {i for i, _ in open_store(url).load(100, 10800).rows} == {"r1", "r2"}
 
 
 def test_settings_are_checked(caplog: pytest.LogCaptureFixture) -> None:

@@ -40,7 +40,7 @@ def wait_recorded(store: RevocationStore, ids: list[str], timeout: float = 15.0)
     """The store's rows once it holds every id (the workers record in the background)."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = store.load(None, None)
+        rows = store.load(None, None).rows
         if set(ids) <= {i for i, _ in rows} or time.monotonic() > deadline:
             return rows
         time.sleep(0.1)
