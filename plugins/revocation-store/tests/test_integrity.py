@@ -198,7 +198,9 @@ def test_revokes_sent_while_the_store_is_down_are_written_once_it_is_back(
     assert "w1@down: plugin 'store': " in shown.stdout and "pending_writes 6" in shown.stdout, shown.stdout
     checked = celery_cli(cluster, "mingle", "check")
     assert checked.returncode != 0, checked.stdout + checked.stderr
-    assert "a plugin reports: w1@down: plugin 'store': 6 revokes not written to the store yet" in checked.stdout
+    assert (
+        "a plugin reports: w1@down: plugin 'store': 6 revokes not written to the store yet" in checked.stdout
+    )
 
     stoppable_store.start()
     store = open_store(conf["url"], conf["name"], timeout=5.0)
@@ -331,7 +333,9 @@ def test_with_keys_a_flood_of_unsigned_or_forged_entries_evicts_no_recorded_id(
         f"skipped {size + 2} invalid entries (2 bad MAC, {size} unsigned); the 10 valid ones are used" in line
     )
     wait_until(lambda: signed.count() == 10, 60, "the refused entries to be deleted")
-    status = cluster.client.control.broadcast("mingle_status", reply=True, timeout=5, destination=["w2@flood"])
+    status = cluster.client.control.broadcast(
+        "mingle_status", reply=True, timeout=5, destination=["w2@flood"]
+    )
     store_state = status[0]["w2@flood"]["plugin_status"]["store"]
     assert store_state["reachable"] is True and store_state["ids_in_force"] == 10, store_state
     assert store_state["pending_writes"] == 0 and "problem" not in store_state, store_state
