@@ -182,9 +182,10 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             info("mingle: all alone")
         rnd.finish(before)
         self.last_summary = summary
+        from_sources = {n: summary.nodes[n].ids_merged for n in extra if n in summary.nodes}
         info(
             "mingle: summary: %d neighbours, %d accepted, %d ids merged, %d dropped by policy, "
-            "%d rejected, %.3fs%s%s%s",
+            "%d rejected, %.3fs%s%s%s%s",
             len(summary.neighbours),
             len(summary.accepted),
             summary.ids_merged,
@@ -194,6 +195,13 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             f", {summary.ids_over_share} ids over mingle_max_share" if summary.ids_over_share else "",
             f", {summary.ids_invalid} invalid ids dropped" if summary.ids_invalid else "",
             f", {len(summary.plugin_faults)} plugin faults" if summary.plugin_faults else "",
+            (
+                f" (of the ids merged, {sum(from_sources.values())} from "
+                + ", ".join(f"{shown(n)}: {k}" for n, k in from_sources.items())
+                + ", the others from neighbours)"
+            )
+            if from_sources
+            else "",
         )
         self._send_event(c, summary)
         for _ in self.runner.each(

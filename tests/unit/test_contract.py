@@ -13,7 +13,7 @@ from celery.worker.control import Panel
 
 import mingle_plugins
 from mingle_plugins import MingleSettings, MingleSummary, Reply, SettingsRegistry, hookimpl, hookspecs
-from mingle_plugins.answering.control import make_revoke
+from mingle_plugins.answering.control import make_revoke, status_reply
 from mingle_plugins.answering.hello import make_hello
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.plugins.config import MingleConfig, declare_settings
@@ -131,6 +131,7 @@ EXPECTED_CALLS = {  # the scenario below: one sync with two good replies, a revo
     "mingle_sync_complete": 1,
     "mingle_on_revoke": 1,
     "mingle_record_revoke": 1,
+    "mingle_plugin_status": 1,
 }
 
 
@@ -186,7 +187,9 @@ def test_a_raising_implementation_is_skipped_alone(
         revoke(SimpleNamespace(consumer=consumer, app=consumer.app, hostname=consumer.hostname), "3")
         config = MingleConfig(step.settings, step.pm, step.runner, SettingsRegistry(), ())
         outcome = mingle_plugins.revoke(consumer.app, ["4", "4", "5"], config=config)  # from a client
+        status = status_reply(step, consumer)  # a mingle_status command
     assert outcome.ids == ("4", "5")
+    assert status["plugin_status"] == {}  # the counter returns None, the raiser is skipped
 
     expected = dict(EXPECTED_CALLS)
     if hook == "mingle_on_reply":  # a broken check fails closed: the rejected replies go no further
