@@ -144,6 +144,14 @@ def print_status(result: Mapping[str, Any]) -> None:
             details.append(f"{node}: {extra} extra replies under the name {other}")
         if last.get("sources_unreached"):
             details.append(f"{node}: not reached: {', '.join(last['sources_unreached'])}")
+        for plugin, fields in (reply.get("plugin_status") or {}).items():
+            if isinstance(fields, Mapping) and fields:
+                shown_fields = ", ".join(f"{k} {v}" for k, v in fields.items())
+                details.append(f"{node}: plugin {plugin!r}: {shown_fields[:400]}")
+        refused = reply.get("requests_refused") or {}
+        if refused.get("count"):
+            reasons = "; ".join(f"{n}: {r}" for n, r in (refused.get("last_reason_by_node") or {}).items())
+            details.append(f"{node}: refused the ids of {refused['count']} hello requests: {reasons[:400]}")
         for p in reply.get("plugins", []):
             if p.get("status") in ("failed", "blocked"):
                 details.append(f"{node}: plugin {p['name']} {p['status']}: {p.get('reason', '')}")
@@ -151,16 +159,6 @@ def print_status(result: Mapping[str, Any]) -> None:
             if isinstance(took, (int, float)) and took > SLOW_IMPORT_SECONDS:
                 details.append(f"{node}: plugin {p['name']} took {took:.1f}s to import")
     details += fault_lines(workers)
-    for node, reply in workers.items():
-        for plugin, fields in (reply.get("plugin_status") or {}).items():
-            if isinstance(fields, Mapping) and fields:
-                shown_fields = ", ".join(f"{k} {v}" for k, v in fields.items())
-                details.append(f"{node}: plugin {plugin!r}: {shown_fields[:400]}")
-    for node, reply in workers.items():
-        refused = reply.get("requests_refused") or {}
-        if refused.get("count"):
-            reasons = "; ".join(f"{n}: {r}" for n, r in (refused.get("last_reason_by_node") or {}).items())
-            details.append(f"{node}: refused the ids of {refused['count']} hello requests: {reasons[:400]}")
     if details:
         click.echo("")
         click.echo("\n".join(details))

@@ -29,11 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Exchange
 
-from mingle_plugins import hookimpl
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.wire import protocol
 from tests.conftest import broker_url
 from tests.support import services
+from tests.unit.test_verdicts_differential import DropNode, _model  # the same policy and model
 
 KEY = "differential-key-" + "k" * 16
 HONEST = [f"honest{i}@x" for i in range(4)]
@@ -97,17 +97,6 @@ class Neighbour(threading.Thread):
         except BaseException as exc:  # seen by the test, not lost in a thread
             self.failure = exc
             self.listening.set()
-
-
-class DropNode:
-    """A merge policy that keeps none of one node's ids."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-
-    @hookimpl
-    def mingle_merge_revoked(self, reply: Any, ids: tuple[str, ...]) -> Any:
-        return () if reply.nodename == self.node else None
 
 
 class Scenario:
@@ -242,17 +231,6 @@ def _mingle(hood: SimpleNamespace, cluster: dict[str, Any], fast: bool, monkeypa
         took = time.monotonic() - started
     assert took < BOUND, f"the mingle took {took:.1f}s (bound {BOUND:.1f}s): {cluster}"
     return set(worker_state.revoked)
-
-
-def _model(cluster: dict[str, Any]) -> set[str]:
-    sets = [set(s) for s in cluster["sets"]]
-    if cluster["share"] and len(sets) > 1:
-        sets[1] = sets[0]
-    merged = {"held-1"}
-    for number, ids in enumerate(sets):
-        if cluster["policy"] != number:
-            merged |= ids
-    return merged
 
 
 @pytest.mark.slow
