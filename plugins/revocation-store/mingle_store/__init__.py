@@ -210,6 +210,28 @@ def with_deadline(fn: Callable[[], T], timeout: float) -> T:
 # -- recording: a background thread that keeps what the store did not take -------------------------
 
 
+def _durable_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` and wait until it is on disk (a journal must survive a crash)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync the folder); no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Recorder:
     """Writes revokes to one store from a daemon thread; keeps what it did not take and retries.
 
@@ -354,8 +376,9 @@ class Recorder:
         tmp = self.journal.with_name(self.journal.name + ".tmp")
         try:
             if self.pending:
-                tmp.write_text(json.dumps({"store": self.store.url, "ids": self.pending}))
+                _durable_write(tmp, json.dumps({"store": self.store.url, "ids": self.pending}))
                 os.replace(tmp, self.journal)
+                _sync_dir(self.journal.parent)
             elif self.journal.exists():
                 self.journal.unlink()
         except OSError as exc:
