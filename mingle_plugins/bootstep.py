@@ -234,6 +234,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             max_clock=s.max_clock,
             count_receivers=s.expect_replies,
             digest=s.digest,
+            reconcile=s.reconcile,
             nonce=secrets.token_hex(16) if s.hmac_keys else None,
             signing_key=s.hmac_keys[0] if s.hmac_keys else None,
             presence_queue=self.presence.queue,

@@ -61,6 +61,9 @@ class HelloOptions:
             (``mingle_expect_replies``).
         digest: ask neighbours running this package for a digest first, and
             the full list from one node per digest (``mingle_digest``).
+        reconcile: with ``digest``, when this worker holds 1,000 ids or more,
+            ask only for the ids of the buckets whose digest differs from its
+            own (:mod:`mingle_plugins.wire.reconcile`; ``mingle_reconcile``).
         nonce: a fresh random string per mingle that signed replies must
             cover (set when ``mingle_hmac_keys`` is).
         signing_key: the key that signs the request (the first of
@@ -80,7 +83,7 @@ class HelloOptions:
             neighbours they name) replied. ``None``: no presence.
 
     .. versionchanged:: 0.2
-       ``presence_queue``.
+       ``presence_queue``, ``reconcile``.
     """
 
     timeout: float = 1.0
@@ -90,6 +93,7 @@ class HelloOptions:
     max_clock: int = 2**53
     count_receivers: bool = False
     digest: bool = False
+    reconcile: bool = False
     nonce: str | None = None
     signing_key: str | None = field(default=None, repr=False)
     reply_queue: str | None = None

@@ -128,6 +128,14 @@ class MingleSettings:
         "from one node per digest this worker does not have.",
         boolean,
     )
+    reconcile: bool = setting(
+        True,
+        "With `mingle_digest`: a worker that holds 1,000 ids or more (a state db, a store, a "
+        "reconnect) asks only for the ids of the buckets whose digest differs from its own (set "
+        "reconciliation, docs/performance.md), and checks what it rebuilds against the neighbour's "
+        "digest; `False`: the full list.",
+        boolean,
+    )
     presence: bool = setting(
         False,
         "On RabbitMQ (AMQP): after its mingle, the worker consumes the presence queue "

@@ -19,7 +19,7 @@ from kombu.messaging import Consumer, Producer
 from kombu.utils.uuid import uuid
 
 from ..model import HelloOptions, Verdicts
-from ..wire import compat, protocol
+from ..wire import compat, protocol, reconcile
 from .checks import Malformed, body_problem, decode_error_reason, malformed_label, shown
 from .presence import PresenceCount, SideChannel
 
@@ -261,7 +261,10 @@ class HelloCollector:
             self._drain(left)
 
     def fetch_full_lists(
-        self, arguments: Mapping[str, Any], groups: Mapping[str, list[str]]
+        self,
+        arguments: Mapping[str, Any],
+        groups: Mapping[str, list[str]],
+        again: Mapping[str, Any] | None = None,
     ) -> dict[str, str]:
         """The digest round: for each digest of ``groups`` (``{digest: kept nodes that sent it}``),
         the full list of one of its nodes, checked against the digest by the verdicts.
@@ -272,12 +275,14 @@ class HelloCollector:
         the asked node's own list is still awaited. The lists are awaited one hello
         timeout after the last progress, at most ``FULL_LIST_PATIENCE`` timeouts in
         all. Returns ``{digest: node}`` for the digests whose list arrived; the
-        bodies are in :attr:`lists`.
+        bodies are in :attr:`lists`. ``again``: the request of every node asked after a
+        failed list (a full list where ``arguments`` asked for a reconciled one).
         """
         timeout = self.options.timeout
         waiting = {digest: list(nodes) for digest, nodes in groups.items()}
         asked: dict[str, str] = {}  # digest -> the node asked last
         got: dict[str, str] = {}
+        retried: set[str] = set()
         started = last_progress = time.monotonic()
         while True:
             to_ask = []
@@ -289,7 +294,8 @@ class HelloCollector:
                 ticket = uuid()
                 self._requests[ticket] = self.lists
                 self._full_lists.add(ticket)
-                self._publish(dict(arguments), to_ask, ticket, timeout * FULL_LIST_PATIENCE)
+                request = again if again is not None and self.failed_lists else arguments
+                self._publish(dict(request), to_ask, ticket, timeout * FULL_LIST_PATIENCE)
                 self._consume()
                 last_progress = time.monotonic()
             for digest in list(waiting):
@@ -301,6 +307,10 @@ class HelloCollector:
                     last_progress = time.monotonic()
                 elif asked.get(digest) in self.failed_lists and waiting[digest]:
                     del asked[digest]  # the next node of the digest is asked too
+                elif again is not None and asked.get(digest) in self.failed_lists - retried:
+                    # A reconciled list that did not check out, and no other node: its full list.
+                    retried.add(asked[digest])
+                    waiting[digest].append(asked.pop(digest))
             if not waiting:
                 return got
             if not any(d not in asked and waiting[d] for d in waiting):
@@ -476,7 +486,9 @@ def hello_exchange(
     with HelloCollector(app, connection, options, verdicts) as collector:
         replies = collector.ask(arguments)
         if options.digest and verdicts is not None:
-            _fetch_full_lists(consumer.hostname, collector, replies, revoked, arguments, verdicts)
+            _fetch_full_lists(
+                consumer.hostname, collector, replies, revoked, arguments, verdicts, options.reconcile
+            )
     return replies
 
 
@@ -487,9 +499,13 @@ def _fetch_full_lists(
     revoked: Any,
     arguments: Mapping[str, Any],
     verdicts: Verdicts,
+    reconciled: bool = False,
 ) -> None:
-    """The digest round: one verified full list per digest this node does not have, into ``replies``."""
-    own = protocol.digest(protocol.reply_ids(revoked))
+    """The digest round: one verified full list per digest this node does not have, into
+    ``replies``; with ``reconciled``, only the ids it lacks where it holds most of them."""
+    own_ids = protocol.reply_ids(revoked)
+    own = protocol.digest(own_ids)
+    held: list[str] | None = own_ids if reconciled and len(own_ids) >= reconcile.MIN_HELD else None
     grouped: set[str] = set()
     fetched: dict[str, str] = {}  # digest -> the node whose full list was taken
     for _ in range(2):  # once more for digests whose reply came in while the lists were fetched
@@ -511,7 +527,16 @@ def _fetch_full_lists(
             # In a random order: when many newcomers start at once, the full lists are served by
             # all the nodes that share a digest, not all by the one that answers first.
             random.shuffle(nodes)
-        got = collector.fetch_full_lists(protocol.full_list_request(hostname, arguments), groups)
+        # Holding most of the ids already (a state db, a store, a reconnect): ask only for the
+        # buckets that differ (mingle_plugins.wire.reconcile); a list asked again is a full one.
+        claimed = max(int(verdicts.kept[n].extension.get("count") or 0) for ns in groups.values() for n in ns)
+        offered = reconcile.offer(held, claimed) if held is not None else None
+        have = offered[0] if offered is not None else None
+        got = collector.fetch_full_lists(
+            protocol.full_list_request(hostname, arguments, have),
+            groups,
+            again=protocol.full_list_request(hostname, arguments) if have is not None else None,
+        )
         for digest, source in got.items():
             fetched[digest] = source
             replies[source] = collector.lists[source]

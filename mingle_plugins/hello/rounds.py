@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -37,7 +37,7 @@ from ..markers import BUILTIN_NAME
 from ..model import MingleSummary, NodeOutcome, Reply, ReplySource, WorkerConsumer
 from ..plugins.runner import HookRunner
 from ..settings import MingleSettings
-from ..wire import compat, protocol
+from ..wire import compat, protocol, reconcile
 from .checks import (
     InvalidReply,
     ReplayGuard,
@@ -198,8 +198,16 @@ class MingleRound:
         problem = "" if reply is not None else self._rejections.pop(nodename, "not kept")
         if reply is not None:
             claim = promised.extension
-            carried = reply.carried or reply.ids
-            if protocol.digest(carried) != claim.get("digest") or len(carried) != claim.get("count"):
+            carried: Sequence[str] = reply.carried or reply.ids
+            if "partial" in reply.extension:  # only the buckets that differ from ours
+                whole = self._rebuilt(reply)
+                if isinstance(whole, str):
+                    problem = whole
+                else:
+                    carried = whole
+            if not problem and (
+                protocol.digest(carried) != claim.get("digest") or len(carried) != claim.get("count")
+            ):
                 problem = f"a list of {len(carried)} ids that is not the list of its digest"
         if problem:  # the verdict on the node stands; this body is dropped and counted
             logger.debug("mingle: dropped a full list under the name %s: %s", shown(nodename), problem)
@@ -209,6 +217,18 @@ class MingleRound:
         self.kept[nodename] = reply
         self._bodies[nodename] = body
         return reply
+
+    def _rebuilt(self, reply: Reply) -> list[str] | str:
+        """The whole set of a reconciled list (:mod:`~mingle_plugins.wire.reconcile`): the ids
+        held when the round started for the buckets not sent, plus the ids sent; or the problem."""
+        parsed = reconcile.parse_partial(reply.extension.get("partial"))
+        if isinstance(parsed, str):
+            return parsed
+        count, sent = parsed
+        whole = reconcile.rebuild(self.held, count, sent, reply.carried or reply.ids)
+        if whole is None:
+            return "a reconciled list with ids outside the buckets it says it sent"
+        return whole
 
     def share_list(self, source: str, members: list[str]) -> None:
         """Give ``members`` (kept neighbours that sent the same digest as ``source``) the ids of

@@ -5,8 +5,10 @@ inside an honest reply; hostile strategies: forged shadows under honest names, e
 answered first, forged digests that never send their list, a message naming several nodes, an
 untrusted name of its own; a policy dropping one node; trust; signing) and runs each through the
 real Mingle step (``Mingle.sync``: hello options, :class:`~mingle_plugins.hello.collect.HelloCollector`
-over kombu and Redis, the digest round, the round's verdicts and merge) twice: as the default
-profile and as the fast profile. The neighbours are in-process: one thread and one Redis
+over kombu and Redis, the digest round, the round's verdicts and merge) three times: as the
+default profile, as the fast profile, and as the fast profile of a newcomer that holds ids and
+offers its bucket digests (a reconciled list: hostile nodes then also answer "every bucket is
+equal" first). The neighbours are in-process: one thread and one Redis
 connection each, subscribed to the cluster's pidbox like a worker, answering with the real wire
 code (:func:`mingle_plugins.wire.protocol.extend_reply`). Invariant: both profiles and a plain
 model agree on the merged set; every honest kept id is learnt, no hostile id is merged, the ids
@@ -30,7 +32,7 @@ from hypothesis import strategies as st
 from kombu import Connection, Exchange
 
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.wire import protocol
+from mingle_plugins.wire import protocol, reconcile
 from tests.conftest import broker_url
 from tests.support import services
 from tests.unit.test_verdicts_differential import DropNode, _model  # the same policy and model
@@ -127,6 +129,7 @@ class Scenario:
                 name,
                 (KEY,) if self.signing else (),
                 ages=lambda c: [5.0] * len(c),
+                buckets_of=lambda count: reconcile.Buckets.of(carried, count),
             )
             return [(0.0 if self.cluster["shadow_first"] else 0.02, {name: reply})]
 
@@ -144,6 +147,17 @@ class Scenario:
             if cluster["empty_first"]:
                 empty = {"revoked": [], "clock": 3, "mingle": {"v": protocol.VERSION, "ages": []}}
                 out += [(0.0, {node: empty}) for node in body.get("destination") or ()]
+            have = request.get("have")
+            if isinstance(have, dict):  # a reconciled list that says every bucket is equal
+                equal = {
+                    "v": protocol.VERSION,
+                    "ages": [],
+                    "partial": {"buckets": have["buckets"], "sent": []},
+                }
+                out += [
+                    (0.0, {node: {"revoked": [], "clock": 3, "mingle": equal}})
+                    for node in body.get("destination") or ()
+                ]
             return out
         if self.signing:  # a forged shadow under each honest name (believed without keys)
             forged = {"revoked": ["evil-shadow"], "clock": 3}
@@ -175,6 +189,7 @@ clusters = st.fixed_dictionaries(
         "forged_digests": st.integers(0, 3),
         "bad_ids": st.lists(st.sampled_from(["", "x" * 5000]), max_size=2),
         "flood": st.booleans(),
+        "held": st.sets(st.sampled_from([f"id-{n}" for n in range(30)]), max_size=20),
     }
 )
 
@@ -203,8 +218,12 @@ def neighbourhood() -> Iterator[SimpleNamespace]:
         app.close()
 
 
-def _mingle(hood: SimpleNamespace, cluster: dict[str, Any], fast: bool, monkeypatch: Any) -> set[str]:
+def _mingle(
+    hood: SimpleNamespace, cluster: dict[str, Any], fast: bool, monkeypatch: Any, reconciled: bool = False
+) -> set[str]:
     monkeypatch.setenv("CELERY_MINGLE_PLUGINS", "")
+    # The sets here are small: let the newcomer offer its bucket digests (or not) at any size.
+    monkeypatch.setattr(reconcile, "MIN_HELD", 0 if reconciled else 10**9)
     conf = hood.app.conf
     conf.mingle_profile = "fast" if fast else "stock"
     conf.mingle_hello_timeout = TIMEOUT
@@ -212,6 +231,8 @@ def _mingle(hood: SimpleNamespace, cluster: dict[str, Any], fast: bool, monkeypa
     conf.mingle_trusted_nodes = [*HONEST, "me@diff"] if cluster["trust"] else None
     worker_state.revoked.clear()
     worker_state.revoked.add("held-1")
+    for task_id in cluster["held"]:
+        worker_state.revoked.add(task_id)
     with hood.app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=3)
         c = SimpleNamespace(
@@ -245,10 +266,12 @@ def test_default_fast_and_model_agree_on_redis(
         expected = _model(cluster)
         default = _mingle(neighbourhood, cluster, fast=False, monkeypatch=monkeypatch)
         fast = _mingle(neighbourhood, cluster, fast=True, monkeypatch=monkeypatch)
+        reconciled = _mingle(neighbourhood, cluster, fast=True, monkeypatch=monkeypatch, reconciled=True)
     finally:
         worker_state.revoked.clear()
     for t in neighbourhood.threads:
         assert t.failure is None, repr(t.failure)
     assert default == expected, (cluster, sorted(default ^ expected))
     assert fast == expected, (cluster, sorted(fast ^ expected))
-    assert not {i for i in fast | default if i.startswith("evil")}
+    assert reconciled == expected, (cluster, sorted(reconciled ^ expected))
+    assert not {i for i in fast | default | reconciled if i.startswith("evil")}

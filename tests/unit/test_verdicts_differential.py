@@ -4,13 +4,16 @@ hypothesis generates clusters (honest nodes with id sets, hostile bodies: forged
 honest names, bad ids inside honest replies, messages naming many nodes, untrusted names; a
 policy dropping one node; signing on or off) and runs them through the real round
 (:class:`mingle_plugins.hello.rounds.MingleRound`: judge, judge_full, share_list, merge, finish)
-twice, as the default profile walks whole replies and as the fast profile walks digests and
-verified full lists. The same clusters on the real broker path (kombu, Redis, in-process
+three times: as the default profile walks whole replies, as the fast profile walks digests and
+verified full lists, and as the fast profile does for a newcomer that holds ids already (the
+full-list request offers its bucket digests, the list carries the buckets that differ only:
+mingle_plugins.wire.reconcile). The same clusters on the real broker path (kombu, Redis, in-process
 neighbours): tests/integration/test_verdicts_on_redis.py.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 
 from mingle_plugins import hookimpl
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.wire import protocol
+from mingle_plugins.wire import protocol, reconcile
 
 KEY = "k" * 32
 NONCE = "n" * 32
@@ -37,16 +40,31 @@ class DropNode:
         return () if reply.nodename == self.node else None
 
 
-def _body(node: str, ids: list[str], want: str | None, signing: bool) -> dict[str, Any]:
+def _body(
+    node: str, ids: list[str], want: str | None, signing: bool, have: dict[str, Any] | None = None
+) -> dict[str, Any]:
     request: dict[str, Any] = {"v": protocol.VERSION, "nonce": NONCE, "ages": []}
     if want == "digest":
         request["want"] = "digest"
     elif want == "full":
         request.update(want="full", packed=True)
+        if have is not None:
+            request["have"] = have
     reply = {"revoked": list(ids), "clock": 3}
     return protocol.extend_reply(
-        reply, request, node, (KEY,) if signing else (), ages=lambda carried: [5] * len(carried)
+        reply,
+        request,
+        node,
+        (KEY,) if signing else (),
+        ages=lambda carried: [5] * len(carried),
+        buckets_of=lambda count: reconcile.Buckets.of(ids, count),
     )
+
+
+def _have(held: set[str]) -> dict[str, Any]:
+    """The newcomer's offer of bucket digests (64 buckets: the sets here are small)."""
+    buckets = reconcile.Buckets.of(held, 64)
+    return {"buckets": 64, "digests": base64.b64encode(buckets.digests).decode()}
 
 
 clusters = st.fixed_dictionaries(
@@ -61,6 +79,7 @@ clusters = st.fixed_dictionaries(
         "shadow_first": st.booleans(),
         "bad_ids": st.lists(st.sampled_from(["", "x" * 5000]), max_size=2),
         "flood": st.booleans(),
+        "held": st.sets(st.sampled_from([f"id-{n}" for n in range(30)]), max_size=20),
     }
 )
 
@@ -77,10 +96,19 @@ def _step(consumer: Any, monkeypatch: pytest.MonkeyPatch, cluster: dict[str, Any
     return step
 
 
-def _run(consumer: Any, monkeypatch: pytest.MonkeyPatch, cluster: dict[str, Any], fast: bool) -> set[str]:
+def _run(
+    consumer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    cluster: dict[str, Any],
+    fast: bool,
+    reconciled: bool = False,
+) -> set[str]:
     state = consumer.controller.state
     state.revoked.clear()
     state.revoked.add("held-1")
+    for task_id in cluster["held"]:
+        state.revoked.add(task_id)
+    have = _have({"held-1", *cluster["held"]}) if reconciled else None
     step = _step(consumer, monkeypatch, cluster, fast)
     signing = cluster["signing"]
     sets = [sorted(s) for s in cluster["sets"]]
@@ -119,8 +147,13 @@ def _run(consumer: Any, monkeypatch: pytest.MonkeyPatch, cluster: dict[str, Any]
             source = nodes[0]
             if signing:  # a forger answers the full-list request first, with an empty list
                 assert rnd.judge_full(source, {"revoked": [], "clock": 3}) is None
+                # ... or with a reconciled one that says every bucket is equal
+                claims_equal = {"revoked": [], "clock": 3, "mingle": {"partial": {"buckets": 64, "sent": []}}}
+                assert rnd.judge_full(source, claims_equal) is None
             carried = honest[source] + bad if source == HONEST[0] else honest[source]
-            full = _body(source, carried, "full", signing)
+            full = _body(source, carried, "full", signing, have)
+            # 30 ids in 64 buckets: fewer than half differ, so a reconciled list is always partial
+            assert ("partial" in full["mingle"]) == reconciled
             assert rnd.judge_full(source, full) is not None
             replies[source] = full
             rnd.share_list(source, nodes)
@@ -139,7 +172,7 @@ def _model(cluster: dict[str, Any]) -> set[str]:
     sets = [set(s) for s in cluster["sets"]]
     if cluster["share"] and len(sets) > 1:
         sets[1] = sets[0]
-    merged = {"held-1"}
+    merged = {"held-1", *cluster["held"]}
     for number, ids in enumerate(sets):
         if cluster["policy"] != number:
             merged |= ids
@@ -152,6 +185,8 @@ def test_default_fast_and_model_agree(consumer: Any, monkeypatch: pytest.MonkeyP
     expected = _model(cluster)
     default = _run(consumer, monkeypatch, cluster, fast=False)
     fast = _run(consumer, monkeypatch, cluster, fast=True)
+    reconciled = _run(consumer, monkeypatch, cluster, fast=True, reconciled=True)
     assert default == expected, (cluster, default ^ expected)
     assert fast == expected, (cluster, fast ^ expected)
-    assert not {i for i in fast | default if i.startswith("evil")}
+    assert reconciled == expected, (cluster, reconciled ^ expected)
+    assert not {i for i in fast | default | reconciled if i.startswith("evil")}
