@@ -245,7 +245,7 @@ def test_check_failing_plugin_and_claimed_transport(tmp_path: Path) -> None:
     add_fake_plugins(tmp_path)
     write_app(tmp_path, "filesystem://")
     code, report = cli_json(tmp_path, "-A", "proj", "mingle", "check", env=ONLY_FAKE)
-    assert code == 1
+    assert code == 70  # EX_SOFTWARE: a plugin failed
     assert report["transport"] == "filesystem"
     assert report["claimed_by"] == "claimer" and report["transport_compatible"] is True
     assert report["broken"] == [
@@ -254,6 +254,9 @@ def test_check_failing_plugin_and_claimed_transport(tmp_path: Path) -> None:
     # Without the broken one, nothing is wrong.
     write_app(tmp_path, "filesystem://", {"mingle_disabled_plugins": ["broken"]}, name="fixed")
     code, report = cli_json(tmp_path, "-A", "fixed", "mingle", "check", env=ONLY_FAKE)
+    assert code == 69, report  # no folders for filesystem://: the live workers cannot be asked
+    assert report["broken"] == [] and "data_in" in report["live"]["error"]
+    code, report = cli_json(tmp_path, "-A", "fixed", "mingle", "check", "--no-live", env=ONLY_FAKE)
     assert code == 0, report["broken"]
     assert report["would_mingle"] is True
 
