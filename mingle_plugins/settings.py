@@ -16,6 +16,7 @@ import dataclasses
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -245,22 +246,33 @@ class MingleSettings:
 
 
 def unknown_settings(conf: Mapping[str, Any]) -> list[SettingsError]:
-    """The ``mingle_*`` keys of ``conf`` that are no setting of :class:`MingleSettings`.
+    """The ``mingle_*`` keys of ``conf`` that are no setting of :class:`MingleSettings`; also the
+    upper-case keys of a namespaced configuration (Django's ``CELERY_MINGLE_*`` with
+    ``config_from_object(..., namespace="CELERY")``), named as they are written.
 
     .. versionadded:: 0.2
     """
     known = [f"mingle_{f.name}" for f in fields(MingleSettings) if "parser" in f.metadata]
+    bare = {k.removeprefix("mingle_"): k for k in known}  # the common prefix would match anything
     try:
-        keys = sorted(k for k in conf if isinstance(k, str) and k.startswith("mingle_"))
+        keys = sorted(k for k in conf if isinstance(k, str))
     except TypeError:  # a mapping that cannot be iterated (a bare ``get``): nothing to check
         return []
-    bare = {k.removeprefix("mingle_"): k for k in known}  # the common prefix would match anything
-
-    def near(key: str) -> str | None:
-        match = closest(key.removeprefix("mingle_"), bare)
-        return bare[match] if match else None
-
-    return [UnknownSetting(k, conf.get(k), near(k)) for k in keys if k not in known]
+    found: list[SettingsError] = []
+    for key in keys:
+        namespaced = re.fullmatch(r"([A-Z][A-Z0-9]*_)(MINGLE_[A-Z0-9_]+)", key)
+        if key.startswith("mingle_"):
+            prefix, name = "", key
+        elif namespaced:
+            prefix, name = namespaced[1], namespaced[2].lower()
+        else:
+            continue
+        if name in known:
+            continue
+        match = closest(name.removeprefix("mingle_"), bare)
+        suggestion = None if match is None else prefix + (bare[match].upper() if prefix else bare[match])
+        found.append(UnknownSetting(key, conf.get(key), suggestion))
+    return found
 
 
 def load_settings(

@@ -376,7 +376,7 @@ def test_runtime_fault_shown_by_status_and_check(
         assert status.returncode == 0, status.stderr
         assert line in status.stdout, status.stdout
         check = run("check")
-        assert check.returncode == 1, check.stdout + check.stderr
+        assert check.returncode == 70, check.stdout + check.stderr  # EX_SOFTWARE: a plugin failed
         assert f"runtime fault: {line}" in check.stdout, check.stdout
         offline = run("check", "--no-live")
         assert "runtime fault" not in offline.stdout, offline.stdout

@@ -167,3 +167,18 @@ def test_the_worker_says_the_unknown_names_once_at_start(consumer, monkeypatch, 
         "(did you mean 'store'?)"  # installed (celery-mingle-store), though not loaded here
     ]
     assert step.settings.profile == "stock"
+
+
+def test_a_namespaced_configuration_is_checked_too() -> None:
+    from celery import Celery
+
+    class DjangoSettings:
+        CELERY_BROKER_URL = "memory://"
+        CELERY_MINGLE_PLUGINS = ["filesystem"]
+        CELERY_MINGLE_PROFIL = "fast"
+
+    app = Celery("django", set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    assert [str(p) for p in unknown_settings(app.conf)] == [
+        "CELERY_MINGLE_PROFIL: no such setting (did you mean CELERY_MINGLE_PROFILE?)"
+    ]
