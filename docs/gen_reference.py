@@ -124,8 +124,9 @@ def settings_table(cls: type, prefix: str) -> str:
         parser = f.metadata.get("parser")
         if parser is None:
             continue
-        doc = f.metadata["doc"].replace("|", "\\|")
-        rows.append(f"| `{prefix}{f.name}` | {parser.type_name} | {_default(f)} | {doc} |")
+        cells = [f"`{prefix}{f.name}`", parser.type_name, _default(f), f.metadata["doc"]]
+        # A `|` in a cell (`'stock' | 'fast'`) ends it unless escaped, in code spans too (GFM).
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(rows)
 
 

@@ -20,7 +20,7 @@ from .hello.rounds import MingleRound
 from .model import HelloOptions, MingleSummary
 from .parsers import parse_seconds
 from .plugins.config import configure
-from .plugins.diagnostics import decide_transport, load_transport
+from .plugins.diagnostics import PLUGIN_DISTRIBUTIONS, decide_transport, load_transport
 from .wire import compat
 from .wire.bulk import gc_paused
 
@@ -112,6 +112,13 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             error("mingle: plugin %r %s in hook mingle_transport_compatible", failed.plugin, failed.problem)
         if decision.refused:
             info("mingle: off: plugin %r refused the %r transport", decision.decided_by, self.driver_type)
+        elif not decision.compatible and self.driver_type in PLUGIN_DISTRIBUTIONS:
+            warning(
+                "mingle: off: no plugin claims the %r transport: pip install %s (or allow it in "
+                "mingle_plugins / CELERY_MINGLE_PLUGINS)",
+                self.driver_type,
+                PLUGIN_DISTRIBUTIONS[self.driver_type],
+            )
         elif not decision.compatible:
             info("mingle: off: no plugin claims the %r transport", self.driver_type)
         return decision.compatible

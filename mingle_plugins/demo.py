@@ -89,10 +89,19 @@ class Demo:
         self.sent: list[str] = []
         self._closed = False
         self._lock = threading.Lock()
+        #: The signal that interrupted the demo (set by run_demo's handler), or ``None``.
+        self.interrupted: int | None = None
+
+    def checkpoint(self) -> None:
+        """Raise :class:`Interrupted` again if a signal came: its first raise may have landed in
+        library code that swallows every exception while it cleans up (kombu does)."""
+        if self.interrupted is not None:
+            raise Interrupted(self.interrupted)
 
     # -- output ------------------------------------------------------------
 
     def say(self, message: str = "") -> None:
+        self.checkpoint()
         print(message, file=self.out, flush=True)
 
     # -- the cluster ---------------------------------------------------------
@@ -134,13 +143,17 @@ class Demo:
                     f"{', '.join(sorted(pending))} not ready after {timeout:.0f}s:\n"
                     + "\n".join(self.cluster.worker(n).tail(20) for n in sorted(pending))
                 )
+            self.checkpoint()
             time.sleep(0.05)
 
     def inspect(self, command: str, nodes: Sequence[str], timeout: float = 1.0) -> dict[str, Any]:
         """``inspect <command>`` of ``nodes`` in one broadcast (counted in :attr:`sent`)."""
+        self.checkpoint()
         self.sent.append(f"inspect {command}")
         inspect = self.app.control.inspect(destination=list(nodes), timeout=timeout)
-        return dict(getattr(inspect, command)() or {})
+        replies = dict(getattr(inspect, command)() or {})
+        self.checkpoint()
+        return replies
 
     def ask(self, command: str, nodes: Sequence[str], timeout: float = 10.0) -> dict[str, Any]:
         """``inspect <command>``, asked again until every node answered (or ``timeout``)."""
@@ -276,6 +289,14 @@ class DemoFailed(Exception):
     """A worker of the demo did not start."""
 
 
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP came: the demo stops its workers and exits with 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run_demo(workers: int = 3, revoke: int = 5) -> int:
     """Run the demo; return the exit status (0 ok, 1 failed, 2 plugin missing, 130 interrupted)."""
     demo = Demo(workers, revoke)
@@ -283,18 +304,30 @@ def run_demo(workers: int = 3, revoke: int = 5) -> int:
     previous: dict[signal.Signals, Any] = {}
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
+        # Remembered first: should the raise land where it is swallowed, the next checkpoint
+        # raises it again, and the end of the run still reports it.
+        if demo.interrupted is not None:
+            return  # a second signal: the clean-up is under way
+        demo.interrupted = signum
+        raise Interrupted(signum)
+
+    def interrupted(signum: int) -> int:
+        print("\ninterrupted: stopping the workers", file=sys.stderr, flush=True)
+        return 128 + signum
 
     if threading.current_thread() is threading.main_thread():
-        previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)  # close() ignores it
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # close() ignores them
             previous[sig] = signal.signal(sig, stop)
     try:
-        return demo.run()
-    except KeyboardInterrupt:
-        print("\ninterrupted: stopping the workers", file=sys.stderr, flush=True)
-        return 130
+        status = demo.run()
+        return interrupted(demo.interrupted) if demo.interrupted is not None else status
+    except Interrupted as exc:
+        return interrupted(exc.signum)
+    except KeyboardInterrupt:  # SIGINT before the handler was installed, or outside the main thread
+        return interrupted(signal.SIGINT)
     except DemoFailed as exc:
+        if demo.interrupted is not None:  # a worker stopped by the same Ctrl-C (its terminal's group)
+            return interrupted(demo.interrupted)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["FailedClosed", "MingleError", "PluginLoadError", "RejectReply", "SettingsError"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["FailedClosed", "MingleError", "PluginLoadError", "RejectReply", "SettingsError", "UnknownSetting"]
 
 
 class MingleError(Exception):
@@ -17,6 +20,29 @@ class SettingsError(MingleError, ValueError):
         self.value = value
         self.accepted = accepted
         super().__init__(f"{setting}={value!r} is not accepted: expected {accepted}")
+
+
+class UnknownSetting(SettingsError):
+    """A ``mingle_*`` key, a ``mingle_plugin_settings`` block or a key of a block that nothing
+    declares (a misspelling, or a plugin that is not installed); it is ignored.
+
+    ``suggestion`` is the closest known name (:func:`difflib.get_close_matches`), or ``None``.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, setting: str, value: object, suggestion: str | None = None, why: str = "") -> None:
+        self.suggestion = suggestion
+        self.why = why or "no such setting"
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        MingleError.__init__(self, f"{setting}: {self.why}{hint}")
+        self.setting, self.value, self.accepted = setting, value, "a known setting"
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name closest to a misspelt ``name`` (``difflib``, ratio >= 0.6), or ``None``."""
+    matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
 
 
 class PluginLoadError(MingleError):

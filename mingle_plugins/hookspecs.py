@@ -321,7 +321,11 @@ def mingle_sync_complete(consumer: WorkerConsumer, summary: MingleSummary, setti
     """Observe the outcome of a mingle (for logs, metrics, alerts).
 
     Called once at the end of every mingle, also when the worker was alone,
-    the hello was skipped or every reply was rejected.
+    the hello was skipped or every reply was rejected. A mingle runs while the
+    worker starts, as stock Mingle does: this hook runs **before** the worker
+    logs `ready.` and before it takes its first task (and again after each
+    consumer restart, e.g. a lost broker connection). Keep it short: the
+    worker's start waits for it (at most `mingle_plugin_timeout`).
 
     Arguments:
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from .errors import SettingsError
+from .errors import SettingsError, UnknownSetting, closest
 
 __all__ = [
     "Parser",
@@ -34,6 +34,7 @@ __all__ = [
     "setting",
     "text",
     "transport_option_seconds",
+    "warn_unknown",
 ]
 
 logger = logging.getLogger("mingle_plugins")
@@ -205,14 +206,17 @@ def parse_fields(
             problems.append(SettingsError(key, shown, parser.accepted))
     if not prefix:
         for key in sorted(set(raw) - known, key=str):
-            accepted = "one of " + ", ".join(sorted(known)) if known else "no settings"
-            problems.append(SettingsError(str(key), raw[key], accepted))
+            why = "no such setting of this plugin" if known else "this plugin has no settings"
+            problems.append(UnknownSetting(str(key), raw[key], closest(str(key), known), why))
     return cls(**values), problems
 
 
 def report_problems(owner: str, obj: Any, prefix: str, problems: list[SettingsError]) -> None:
-    """One log line per problem: the default used, or the unknown key ignored."""
+    """One log line per bad value: the default used. Unknown names (:class:`UnknownSetting`) are
+    not logged here: :func:`warn_unknown` says them all in one line."""
     for problem in problems:
+        if isinstance(problem, UnknownSetting):
+            continue
         name = problem.setting[len(prefix) :]
         where = problem if prefix else f"{owner}: {problem}"
         if name not in {f.name for f in fields(obj)}:
@@ -220,6 +224,14 @@ def report_problems(owner: str, obj: Any, prefix: str, problems: list[SettingsEr
             continue
         used = "<hidden>" if problem.value == "<hidden>" else getattr(obj, name)
         logger.error("mingle: %s; using the default %r", where, used)
+
+
+def warn_unknown(problems: list[SettingsError]) -> None:
+    """One WARNING line naming every unknown setting name of ``problems``, each with its
+    did-you-mean (nothing when there is none)."""
+    unknown = [str(p) for p in problems if isinstance(p, UnknownSetting)]
+    if unknown:
+        logger.warning("mingle: %d unknown setting(s) ignored: %s", len(unknown), "; ".join(unknown))
 
 
 def transport_option_seconds(

@@ -16,11 +16,12 @@ import dataclasses
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from .errors import SettingsError
+from .errors import SettingsError, UnknownSetting, closest
 from .parsers import (
     boolean,
     choice,
@@ -36,6 +37,7 @@ from .parsers import (
     report_problems,
     seconds,
     setting,
+    warn_unknown,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "SettingsRegistry",
     "load_settings",
     "parse_seconds",
+    "unknown_settings",
 ]
 
 logger = logging.getLogger("mingle_plugins")
@@ -250,17 +253,51 @@ class MingleSettings:
         return out
 
 
+def unknown_settings(conf: Mapping[str, Any]) -> list[SettingsError]:
+    """The ``mingle_*`` keys of ``conf`` that are no setting of :class:`MingleSettings`; also the
+    upper-case keys of a namespaced configuration (Django's ``CELERY_MINGLE_*`` with
+    ``config_from_object(..., namespace="CELERY")``), named as they are written.
+
+    .. versionadded:: 0.2
+    """
+    known = [f"mingle_{f.name}" for f in fields(MingleSettings) if "parser" in f.metadata]
+    bare = {k.removeprefix("mingle_"): k for k in known}  # the common prefix would match anything
+    try:
+        keys = sorted(k for k in conf if isinstance(k, str))
+    except TypeError:  # a mapping that cannot be iterated (a bare ``get``): nothing to check
+        return []
+    found: list[SettingsError] = []
+    for key in keys:
+        namespaced = re.fullmatch(r"([A-Z][A-Z0-9]*_)(MINGLE_[A-Z0-9_]+)", key)
+        if key.startswith("mingle_"):
+            prefix, name = "", key
+        elif namespaced:
+            prefix, name = namespaced[1], namespaced[2].lower()
+        else:
+            continue
+        if name in known:
+            continue
+        match = closest(name.removeprefix("mingle_"), bare)
+        suggestion = None if match is None else prefix + (bare[match].upper() if prefix else bare[match])
+        found.append(UnknownSetting(key, conf.get(key), suggestion))
+    return found
+
+
 def load_settings(
-    conf: Mapping[str, Any], environ: Mapping[str, str] | None = None
+    conf: Mapping[str, Any], environ: Mapping[str, str] | None = None, *, warn: bool = True
 ) -> tuple[MingleSettings, list[SettingsError]]:
     """Resolve the core settings from a Celery configuration and the environment.
 
-    :return: the settings and the problems found (each already logged).
+    :param warn: log the unknown ``mingle_*`` keys (one WARNING line); :func:`configure` says
+        them with the plugins' unknown ones instead.
+    :return: the settings and the problems found (bad values already logged; unknown keys are
+        :class:`~mingle_plugins.errors.UnknownSetting`).
     :raises SettingsError: on the first problem, when ``mingle_strict`` is true.
     """
     environ = os.environ if environ is None else environ
     raw = {f"mingle_{f.name}": conf.get(f"mingle_{f.name}") for f in fields(MingleSettings)}
     settings, problems = parse_fields(MingleSettings, raw, "mingle_")
+    problems += unknown_settings(conf)
     overrides: dict[str, Any] = {}
     if ENV_PLUGINS in environ:
         overrides["plugins"] = names.parse(environ[ENV_PLUGINS])
@@ -272,6 +309,8 @@ def load_settings(
     if overrides:
         settings = dataclasses.replace(settings, **overrides)
     report_problems("settings", settings, "mingle_", problems)
+    if warn or (problems and settings.strict):
+        warn_unknown(problems)
     if problems and settings.strict:
         raise problems[0]
     return settings, problems
@@ -301,8 +340,18 @@ class SettingsRegistry:
             raise ValueError(f"settings of plugin {plugin!r} already declared by {self.declared[plugin]!r}")
         self.declared[plugin] = cls
 
-    def resolve(self, settings: MingleSettings) -> tuple[MingleSettings, list[SettingsError]]:
-        """Parse every declared plugin's block once; log each problem; strict mode raises."""
+    def resolve(
+        self, settings: MingleSettings, *, installed: Mapping[str, str] | None = None, warn: bool = True
+    ) -> tuple[MingleSettings, list[SettingsError]]:
+        """Parse every declared plugin's block once; log each problem; strict mode raises.
+
+        A block of ``mingle_plugin_settings`` that no plugin declared is an
+        :class:`~mingle_plugins.errors.UnknownSetting`, unless ``installed`` (``{plugin name:
+        why it is not loaded}``, e.g. blocked by the deny-list) names it: then it is left alone.
+
+        :param warn: log the unknown names (one WARNING line); :func:`configure` says them with
+            the core's unknown keys instead.
+        """
         values: dict[type, Any] = {}
         problems: list[SettingsError] = []
         for plugin, cls in self.declared.items():
@@ -310,10 +359,31 @@ class SettingsRegistry:
             value, found = parse_fields(cls, settings.plugin_settings.get(plugin, {}))
             report_problems(f"mingle_plugin_settings[{plugin!r}]", value, "", found)
             values[cls] = value
-            problems += [  # named in full, as they are configured
-                SettingsError(f"mingle_plugin_settings[{plugin!r}][{p.setting!r}]", p.value, p.accepted)
-                for p in found
-            ]
+            problems += [_named_in_full(plugin, p) for p in found]
+        installed = installed or {}
+        for plugin in sorted(set(settings.plugin_settings) - set(self.declared)):
+            if plugin in installed:
+                logger.debug("mingle: mingle_plugin_settings[%r] not read: %s", plugin, installed[plugin])
+                continue
+            suggestion = closest(plugin, [*self.declared, *installed])
+            problems.append(
+                UnknownSetting(
+                    f"mingle_plugin_settings[{plugin!r}]",
+                    settings.plugin_settings[plugin],
+                    repr(suggestion) if suggestion else None,
+                    "no installed plugin of this name declares settings",
+                )
+            )
+        if warn or (problems and settings.strict):
+            warn_unknown(problems)
         if problems and settings.strict:
             raise problems[0]
         return dataclasses.replace(settings, plugin_values=values), problems
+
+
+def _named_in_full(plugin: str, p: SettingsError) -> SettingsError:
+    """A problem of a plugin's block, named as it is configured (``mingle_plugin_settings[...]``)."""
+    full = f"mingle_plugin_settings[{plugin!r}][{p.setting!r}]"
+    if isinstance(p, UnknownSetting):
+        return UnknownSetting(full, p.value, repr(p.suggestion) if p.suggestion else None, p.why)
+    return SettingsError(full, p.value, p.accepted)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,25 +22,50 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def broker_url(service: str) -> str:
-    url = services.SERVICES[service][2]
-    return url.replace("/0", "/3") if service == "redis" else url
+    """The URL of a broker that needs no database of its own (RabbitMQ: each cluster has its own
+    control exchange). Redis: :func:`claimed_broker` or the ``redis_url`` / ``broker`` fixtures."""
+    if service == "redis":
+        raise ValueError("a Redis URL is claimed per test: use claimed_broker() or the redis_url fixture")
+    return services.SERVICES[service][2]
+
+
+def claimed_broker(request: pytest.FixtureRequest, service: str) -> str:
+    """The URL of ``service`` for the lifetime of the fixture that asks (module-scoped ones): on
+    Redis a random free database of its own, flushed after that fixture's own teardown."""
+    services.require(service)
+    if service != "redis":
+        return broker_url(service)
+    stack = contextlib.ExitStack()
+    url = stack.enter_context(services.redis_db())
+    request.addfinalizer(stack.close)  # added before the fixture yields: runs after its teardown
+    return url
+
+
+@pytest.fixture
+def claims() -> Iterator[contextlib.ExitStack]:
+    """What a test claimed (its Redis database); released after its clusters stopped, since
+    ``make_cluster`` needs this fixture too."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture(params=BROKERS)
-def broker(request: pytest.FixtureRequest) -> str:
-    """The URL of each real broker in turn (Redis, RabbitMQ)."""
+def broker(request: pytest.FixtureRequest, claims: contextlib.ExitStack) -> str:
+    """The URL of each real broker in turn (Redis: a database of this test's own; RabbitMQ)."""
     services.require(request.param)
+    if request.param == "redis":
+        return claims.enter_context(services.redis_db())
     return broker_url(request.param)
 
 
 @pytest.fixture
-def redis_url() -> str:
-    services.require("redis")
-    return broker_url("redis")
+def redis_url(claims: contextlib.ExitStack) -> str:
+    """A Redis database of this test's own (random, empty, claimed; flushed at the end)."""
+    return claims.enter_context(services.redis_db())
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[object]:
+def make_cluster(tmp_path: Path, claims: contextlib.ExitStack) -> Iterator[object]:
     """``make_cluster(broker, conf=None, python=sys.executable)`` -> :class:`Cluster`."""
     clusters: list[Cluster] = []
 

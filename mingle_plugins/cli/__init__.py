@@ -16,8 +16,9 @@ so that it appears in ``celery --help``; one module per command:
 - ``celery mingle demo`` (:mod:`.demo`): a small cluster on the
   ``filesystem://`` transport.
 
-Every command but ``demo`` takes ``--json`` for scripts. Which plugin claims a
-transport is decided in :mod:`mingle_plugins.plugins.diagnostics`, as in the worker.
+Every command but ``demo`` takes ``--json`` for scripts. Errors are one ``Error:`` line and a
+:mod:`sysexits` code (:mod:`.errors`: 64 usage, 69 broker not reached, 70 a plugin failed).
+Which plugin claims a transport is decided in :mod:`mingle_plugins.plugins.diagnostics`, as in the worker.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ import click
 
 from ..client.status import print_status, query_status
 from . import check, demo, plugins, revoke, status
-from .check import EX_BROKEN, check_app
+from .check import EX_BROKEN, EX_OK, check_app
+from .errors import EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, MingleGroup
 from .plugins import describe_plugins
-from .status import EX_UNAVAILABLE
 
 __all__ = [
     "EX_BROKEN",
+    "EX_OK",
+    "EX_SOFTWARE",
     "EX_UNAVAILABLE",
+    "EX_USAGE",
     "check_app",
     "describe_plugins",
     "main",
@@ -45,7 +49,7 @@ __all__ = [
 ]
 
 
-@click.group(name="mingle")
+@click.group(name="mingle", cls=MingleGroup)
 def mingle() -> None:
     """celery-mingle-plugins: the pluggable Mingle step (plugins, check, status, revoke, demo)."""
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import click
-from celery.bin.base import CeleryCommand, CeleryOption
+from celery.bin.base import CeleryOption
 from celery.utils.imports import symbol_by_name
 
 from ..bootstep import Mingle
@@ -25,11 +25,15 @@ from ..plugins.diagnostics import (
 )
 from ..settings import ENV_PLUGINS
 from ._output import app_label, echo_json, obj_app
+from .errors import EX_SOFTWARE, EX_UNAVAILABLE, TIMEOUT, MingleCommand, one_line, reach_broker
 from .plugins import plugin_rows, slow_imports
 
-__all__ = ["EX_BROKEN", "check", "check_app", "consumer_ok", "live_report"]
+__all__ = ["EX_BROKEN", "EX_OK", "check", "check_app", "consumer_ok", "exit_code", "live_report"]
 
-#: ``celery mingle check``: something in the configuration is broken.
+#: ``celery mingle check``: nothing wrong.
+EX_OK = 0
+#: ``celery mingle check``: something in the configuration is broken (a setting, an unknown
+#: name, worker_consumer, a plugin or transport that is not installed).
 EX_BROKEN = 1
 
 _CONSUMER_HINT = 'set worker_consumer = "mingle_plugins.consumer:Consumer"'
@@ -71,11 +75,17 @@ def check_app(app: Any) -> dict[str, Any]:
     settings = config.settings
     rows = plugin_rows(app, config)
     broken += [f"setting: {p}" for p in problems]
+    broken += [
+        f"plugin {name!r} is named in mingle_plugins / {ENV_PLUGINS} but not installed"
+        for name in config.missing
+    ]
+    plugin_failures: list[str] = []
     for r in rows:
         if r.status == "failed":
-            broken.append(f"plugin {r.name!r} ({r.entry_point}) failed to load: {r.reason}")
+            plugin_failures.append(f"plugin {r.name!r} ({r.entry_point}) failed to load: {r.reason}")
         for err in r.errors:
-            broken.append(f"plugin {r.name!r}: mingle_transport_compatible raised for {err}")
+            plugin_failures.append(f"plugin {r.name!r}: mingle_transport_compatible raised for {err}")
+    broken += plugin_failures
     if settings.strict and broken:
         why_not.append("mingle_strict is on: the worker stops at start-up on these problems")
     warnings += slow_imports(rows, settings.slow_import)
@@ -102,6 +112,8 @@ def check_app(app: Any) -> dict[str, Any]:
             hint = PLUGIN_DISTRIBUTIONS.get(driver_type)
             more = f" (pip install {hint})" if hint and claimed_by is None else ""
             why_not.append(f"the {driver_type!r} transport is not claimed: {decided}{more}")
+            if more:  # the broker needs a transport plugin that is not there (or not allowed)
+                broken.append(f"the {driver_type!r} transport needs the plugin {hint}, not loaded: {decided}")
         if not transport.fanout:
             why_not.append(
                 f"the {driver_type!r} transport has no fanout: no remote control, nobody answers a hello"
@@ -126,8 +138,22 @@ def check_app(app: Any) -> dict[str, Any]:
         "would_mingle": not why_not,
         "why_not": why_not,
         "broken": broken,
+        "plugin_failures": plugin_failures,
         "warnings": warnings,
     }
+
+
+def exit_code(report: Mapping[str, Any]) -> int:
+    """The exit status of ``celery mingle check`` for a report (docs/operations.md, "Exit codes"):
+    a plugin that failed wins over a configuration problem, which wins over a broker not reached."""
+    if report.get("plugin_failures"):
+        return EX_SOFTWARE
+    if report["broken"]:
+        return EX_BROKEN
+    live = report.get("live") or {}
+    if live.get("error") and live.get("error") != "--no-live":
+        return EX_UNAVAILABLE
+    return EX_OK
 
 
 def live_report(app: Any, timeout: float) -> dict[str, Any]:
@@ -137,11 +163,12 @@ def live_report(app: Any, timeout: float) -> dict[str, Any]:
         a broker that cannot be reached is an ``error``, not a fault of the configuration.
     """
     try:
-        with app.connection_for_write() as conn:  # one try, not kombu's retry loop
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+        reach_broker(app, timeout)  # one try, not kombu's retry loop
         result = query_status(app, timeout=timeout)
-    except Exception as exc:  # the broker is down or refuses: the offline check still stands
-        return {"asked": False, "workers": [], "faults": [], "error": f"{type(exc).__name__}: {exc}"}
+    except click.ClickException as exc:  # the broker is down or refuses: the offline check still stands
+        return {"asked": False, "workers": [], "faults": [], "error": exc.message}
+    except Exception as exc:
+        return {"asked": False, "workers": [], "faults": [], "error": one_line(exc)}
     workers = result["workers"]
     return {
         "asked": True,
@@ -152,7 +179,7 @@ def live_report(app: Any, timeout: float) -> dict[str, Any]:
     }
 
 
-@click.command(cls=CeleryCommand)
+@click.command(cls=MingleCommand)
 @click.option("--json", "as_json", is_flag=True, cls=CeleryOption, help="Print JSON for scripts.")
 @click.option(
     "--live/--no-live",
@@ -163,7 +190,7 @@ def live_report(app: Any, timeout: float) -> dict[str, Any]:
 @click.option(
     "-t",
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=TIMEOUT,
     default=1.0,
     cls=CeleryOption,
     help="Seconds to wait for the live workers' answers.",
@@ -173,25 +200,32 @@ def check(ctx: click.Context, as_json: bool, live: bool, timeout: float) -> None
     """Check the app's mingle configuration without starting a worker, then ask the live
     workers (if the broker can be reached) for their plugins' runtime faults.
 
-    Exit status 1 when something is broken: a bad mingle_* setting, a plugin
-    that fails, a broker transport that cannot load, worker_consumer not
-    running this package's step, or a live worker reporting a plugin fault.
+    Exit status (docs/operations.md, "Exit codes"): 0 nothing wrong; 1 a problem in the
+    configuration (a bad or unknown mingle_* setting or plugin block, a plugin named or needed
+    but not installed, a broker transport that cannot load, worker_consumer not running this
+    package's step); 70 a plugin failed (did not load, raised, or a live worker reports a
+    fault or problem); 69 the broker cannot be reached (--no-live does not ask it); 64 usage.
     """
     app = obj_app(ctx)
     with quiet_logs() as records:  # what the plugins log while asked is in the report
         report = check_app(app)
         report["live"] = live_report(app, timeout) if live else {"asked": False, "error": "--no-live"}
     report["warnings"] += [f"a plugin says: {line}" for line in plugin_warnings(records)]
-    report["broken"] += [f"runtime fault: {line}" for line in report["live"].get("faults", ())]
-    report["broken"] += [f"a plugin reports: {line}" for line in report["live"].get("problems", ())]
+    runtime = [f"runtime fault: {line}" for line in report["live"].get("faults", ())]
+    runtime += [f"a plugin reports: {line}" for line in report["live"].get("problems", ())]
+    report["broken"] += runtime
+    report["plugin_failures"] += runtime
     if live and not report["live"]["asked"]:
         report["warnings"].append(f"live workers not asked: {report['live']['error']}")
+    report["exit_code"] = code = exit_code(report)
     if as_json:
         echo_json(report)
     else:
         print_check(report)
-    if report["broken"]:
-        ctx.exit(EX_BROKEN)
+    if code == EX_UNAVAILABLE:
+        click.echo(f"Error: live workers not asked: {report['live']['error']}", err=True)
+    if code:
+        ctx.exit(code)
 
 
 def _transport_line(r: Mapping[str, Any]) -> str:

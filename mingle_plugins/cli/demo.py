@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import click
-from celery.bin.base import CeleryCommand, CeleryOption
+from celery.bin.base import CeleryOption
+
+from .errors import MingleCommand
 
 __all__ = ["demo"]
 
 
-@click.command(cls=CeleryCommand)
+@click.command(cls=MingleCommand)
 @click.option(
     "--workers",
     type=click.IntRange(1, 10),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from celery.bin.base import CeleryCommand, CeleryOption
+from celery.bin.base import CeleryOption
 
 from ..bootstep import Mingle
 from ..errors import SettingsError
@@ -18,6 +18,7 @@ from ..plugins.diagnostics import KNOWN_DRIVER_TYPES, configure_app, load_transp
 from ..plugins.loader import PluginRecord
 from ..settings import ENV_PLUGINS, MingleSettings
 from ._output import app_label, echo_json, obj_app, seconds, table
+from .errors import MingleCommand
 
 __all__ = ["PluginRow", "describe_plugins", "plugin_rows", "plugins", "slow_imports"]
 
@@ -122,7 +123,7 @@ def _notes(rows: Sequence[PluginRow], threshold: float) -> list[str]:
     return notes + slow_imports(rows, threshold)
 
 
-@click.command(cls=CeleryCommand)
+@click.command(cls=MingleCommand)
 @click.option("--json", "as_json", is_flag=True, cls=CeleryOption, help="Print JSON for scripts.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:

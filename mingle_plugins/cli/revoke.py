@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import click
-from celery.bin.base import CeleryCommand, CeleryOption
+from celery.bin.base import CeleryOption
 
 from ..client.revoking import revoke as revoke_ids
 from ..plugins.diagnostics import quiet_logs
+from ..settings import load_settings
 from ._output import echo_json, obj_app
+from .errors import EX_UNAVAILABLE, MingleCommand, check_task_ids, reach_broker, usage
 
 __all__ = ["EX_UNAVAILABLE", "revoke"]
 
-#: The revoke was recorded in no place that outlives the workers, though a plugin tried
-#: (as Celery's own commands when the broker is not reached).
-EX_UNAVAILABLE = 69
+#: Seconds to wait for the broker's connection before saying it cannot be reached.
+CONNECT_TIMEOUT = 2.0
 
 
-@click.command(cls=CeleryCommand)
+def _check_signal(name: str | None) -> None:
+    if name is None:
+        return
+    from celery.platforms import signals
+
+    try:
+        signals.signum(name)
+    except (TypeError, ValueError, AttributeError):
+        raise usage(f"invalid --signal {name!r}: not a signal name or number (e.g. KILL, TERM, 9)") from None
+
+
+@click.command(cls=MingleCommand)
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--terminate", is_flag=True, cls=CeleryOption, help="Also terminate the running tasks.")
 @click.option("--signal", default=None, cls=CeleryOption, help="Signal for --terminate (e.g. KILL).")
@@ -29,10 +41,16 @@ def revoke(
     revocation store), then broadcast the revoke as `celery control revoke` does.
 
     A revoke recorded this way reaches workers started later, even when no worker is up now.
-    Exit status 69 when a plugin that keeps revokes did not take them and none did: the
-    broadcast was still sent (workers up now have the revoke).
+    Exit status 69 when the broker cannot be reached (nothing is revoked), or when a plugin
+    that keeps revokes did not take them and none did: the broadcast was still sent (workers
+    up now have the revoke). 64 for an ill-formed task id (the workers' own check) or signal.
     """
     app = obj_app(ctx)
+    with quiet_logs():
+        settings, _ = load_settings(app.conf, warn=False)
+    check_task_ids(task_ids, settings.max_id_length)
+    _check_signal(signal)
+    reach_broker(app, CONNECT_TIMEOUT)  # before a plugin records ids that no worker is told of
     with quiet_logs():
         outcome = revoke_ids(app, task_ids, terminate=terminate, signal=signal)
     lost = bool(outcome.failed) and not outcome.recorded_in

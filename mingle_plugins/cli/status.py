@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import click
-from celery.bin.base import CeleryCommand, CeleryOption
+from celery.bin.base import CeleryOption
 
 from ..answering.control import STATUS_COMMAND
 from ..client.status import print_status, query_status
 from ._output import echo_json, obj_app
+from .errors import EX_UNAVAILABLE, TIMEOUT, MingleCommand, check_destinations, one_line, reach_broker
 
 __all__ = ["EX_UNAVAILABLE", "status"]
 
-#: ``celery mingle status``: no worker answered (as ``celery status``).
-EX_UNAVAILABLE = 69
 
-
-@click.command(cls=CeleryCommand)
+@click.command(cls=MingleCommand)
 @click.option(
     "-t",
     "--timeout",
-    type=float,
+    type=TIMEOUT,
     default=1.0,
     cls=CeleryOption,
     help="Seconds to wait for replies (idle timeout, as celery inspect).",
@@ -31,13 +29,16 @@ def status(ctx: click.Context, timeout: float, destination: tuple[str, ...], as_
     """Ask the live workers what their last mingle did (mingle_status control command).
 
     Workers without this package's step are listed from a ping as stock.
-    Exit status 69 when no worker answers mingle_status.
+    Exit status 69 when the broker cannot be reached or no worker answers mingle_status,
+    64 for bad usage (a timeout not > 0, a destination that is not name@host).
     """
+    check_destinations(destination)
     app = obj_app(ctx)
+    reach_broker(app, timeout)
     try:
         result = query_status(app, timeout=timeout, destination=destination or None)
     except Exception as exc:
-        click.echo(f"Error: cannot reach the broker: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"Error: cannot ask the workers: {one_line(exc)}", err=True)
         ctx.exit(EX_UNAVAILABLE)
     if as_json:
         echo_json(result)

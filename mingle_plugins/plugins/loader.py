@@ -29,6 +29,7 @@ __all__ = [
     "MinglePluginManager",
     "PluginRecord",
     "get_plugin_manager",
+    "missing_plugins",
 ]
 
 logger = logging.getLogger("mingle_plugins")
@@ -164,6 +165,17 @@ def load_plugins(
         logger.debug(
             "mingle: loaded %s in %.3fs, hooks: %s", rec.describe(), rec.import_seconds, ", ".join(hooks)
         )
+
+
+def missing_plugins(pm: MinglePluginManager, settings: MingleSettings) -> list[str]:
+    """The names of the allow-list (``mingle_plugins`` / ``CELERY_MINGLE_PLUGINS``) that match no
+    installed plugin (entry point or distribution name), in the allow-list's order."""
+    if settings.plugins is None:
+        return []
+    have = {_canonical(r.name) for r in pm.records} | {
+        _canonical(r.distribution) for r in pm.records if r.distribution
+    }
+    return [name for name in settings.plugins if _canonical(name) not in have]
 
 
 def _warn_if_slow(rec: PluginRecord, threshold: float) -> None:

@@ -78,14 +78,14 @@ class Cluster:
 
     def __init__(
         self,
-        directory: Path,
+        directory: str | Path,
         config: Mapping[str, Any],
         python: str | Path = sys.executable,
         *,
         app: str = "proj",
         env: Mapping[str, str | None] | None = None,
     ) -> None:
-        self.directory = directory
+        self.directory = Path(directory)
         self.config = dict(config)
         self.python = python
         self.app = app
@@ -95,21 +95,25 @@ class Cluster:
 
     @classmethod
     def create(
-        cls, directory: Path, broker: str, conf: Mapping[str, Any] | None = None, **kwargs: Any
+        cls, directory: str | Path, broker: str, conf: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> Cluster:
-        """Write the app module (:func:`write_app`) in ``directory`` and return its cluster."""
+        """Write the app module (:func:`write_app`) in ``directory`` (a ``str`` or a ``Path``) and
+        return its cluster."""
+        directory = Path(directory)
         name = kwargs.get("app", "proj")
         return cls(directory, write_app(directory, broker, conf, name=name), **kwargs)
 
     @classmethod
     def filesystem(
         cls,
-        directory: Path,
+        directory: str | Path,
         conf: Mapping[str, Any] | None = None,
         polling_interval: float = 0.1,
         **kwargs: Any,
     ) -> Cluster:
-        """A cluster on ``filesystem://`` in ``directory``: no server needed (see :func:`filesystem_conf`)."""
+        """A cluster on ``filesystem://`` in ``directory`` (a ``str`` or a ``Path``): no server
+        needed (see :func:`filesystem_conf`)."""
+        directory = Path(directory)
         config = {**filesystem_conf(directory, polling_interval), **(conf or {})}
         (directory / "tmp").mkdir(parents=True, exist_ok=True)
         # kombu moves each message it reads to the temporary folder: keep those in the cluster's folder.

@@ -16,6 +16,9 @@ Fixtures:
   workers run); with one, on that broker. Every worker is stopped at the end of the test.
 - ``mingle_worker_python``: the interpreter that runs the workers (this one);
   override it to run them in another virtualenv.
+- ``mingle_hook``: :mod:`mingle_plugins.testkit.hooktest`, to call one hook of a plugin
+  with a built ``Reply`` and no worker: ``mingle_hook.call(plugin, "mingle_merge_revoked",
+  reply=mingle_hook.reply("prod-1@host", ["id-1"]))``.
 
 See docs/testing-plugins.md.
 """
@@ -29,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from . import Cluster
+from . import Cluster, hooktest
 
-__all__ = ["MakeCluster", "mingle_cluster", "mingle_worker_python"]
+__all__ = ["MakeCluster", "mingle_cluster", "mingle_hook", "mingle_worker_python"]
 
 #: ``mingle_cluster(broker=None, conf=None, python=None, **kwargs) -> Cluster``
 MakeCluster = Callable[..., Cluster]
@@ -66,3 +69,13 @@ def mingle_cluster(tmp_path: Path, mingle_worker_python: str | Path) -> Iterator
     yield make
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture
+def mingle_hook() -> Any:
+    """:mod:`mingle_plugins.testkit.hooktest`: ``call(plugin, hook, **arguments)``, ``reply(...)``,
+    ``consumer(...)``, ``settings_for(plugin, conf)``; no worker is started.
+
+    .. versionadded:: 0.2
+    """
+    return hooktest

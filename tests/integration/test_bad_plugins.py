@@ -26,8 +26,7 @@ import pytest
 from celery.utils.collections import LimitedSet
 from celery.worker.state import Persistent
 
-from tests.conftest import broker_url
-from tests.support import services
+from tests.conftest import claimed_broker
 from tests.support.brokers import FakeNeighbour
 from tests.support.venvs import ROOT, venv_python
 from tests.support.workers import Cluster, Worker, write_app
@@ -67,12 +66,14 @@ class Neighbourhood:
 
 
 @pytest.fixture(scope="module")
-def hood(faults_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neighbourhood]:
+def hood(
+    request: pytest.FixtureRequest, faults_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Neighbourhood]:
     """One neighbour answering with 3 revoked ids, shared by the cases of this module."""
-    services.require("redis")
+    url = claimed_broker(request, "redis")
     directory = tmp_path_factory.mktemp("badplugins")
     conf = {"mingle_plugin_timeout": PLUGIN_TIMEOUT, "mingle_expect_replies": True}
-    config = write_app(directory, broker_url("redis"), conf)
+    config = write_app(directory, url, conf)
     cluster = Cluster(directory, config, faults_python)
     theirs = new_ids()
     neighbour = FakeNeighbour(
@@ -280,13 +281,13 @@ class StrictRun:
 
 
 @pytest.fixture(scope="module")
-def strict_run(faults_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrictRun]:
+def strict_run(
+    request: pytest.FixtureRequest, faults_python: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StrictRun]:
     """A worker with ``mingle_strict = True`` and a plugin that fails to import, run to its end."""
-    services.require("redis")
+    url = claimed_broker(request, "redis")
     directory = tmp_path_factory.mktemp("strict")
-    cluster = Cluster(
-        directory, write_app(directory, broker_url("redis"), {"mingle_strict": True}), faults_python
-    )
+    cluster = Cluster(directory, write_app(directory, url, {"mingle_strict": True}), faults_python)
     try:
         worker = cluster.start(
             "strict@badplugins", wait=False, env={"CELERY_MINGLE_PLUGINS": "broken_import"}
@@ -375,7 +376,7 @@ def test_runtime_fault_shown_by_status_and_check(
         assert status.returncode == 0, status.stderr
         assert line in status.stdout, status.stdout
         check = run("check")
-        assert check.returncode == 1, check.stdout + check.stderr
+        assert check.returncode == 70, check.stdout + check.stderr  # EX_SOFTWARE: a plugin failed
         assert f"runtime fault: {line}" in check.stdout, check.stdout
         offline = run("check", "--no-live")
         assert "runtime fault" not in offline.stdout, offline.stdout

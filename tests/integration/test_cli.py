@@ -194,8 +194,8 @@ def test_plugins_with_app_applies_its_allow_and_deny_lists(tmp_path: Path) -> No
 # -- check ---------------------------------------------------------------------
 
 
-def test_check_good_redis_config(tmp_path: Path) -> None:
-    write_app(tmp_path, "redis://127.0.0.1:6379/3", {"mingle_hello_timeout": 0.5})
+def test_check_good_redis_config(tmp_path: Path, redis_url: str) -> None:
+    write_app(tmp_path, redis_url, {"mingle_hello_timeout": 0.5})
     code, report = cli_json(tmp_path, "-A", "proj", "mingle", "check", env=NO_PLUGINS)
     assert code == 0, report
     assert report["transport"] == "redis"
@@ -215,8 +215,8 @@ def test_check_good_redis_config(tmp_path: Path) -> None:
     assert "no problem found" in text.stdout
 
 
-def test_check_bad_setting_fails(tmp_path: Path) -> None:
-    write_app(tmp_path, "redis://127.0.0.1:6379/3", {"mingle_hello_timeout": -1, "mingle_strict": True})
+def test_check_bad_setting_fails(tmp_path: Path, redis_url: str) -> None:
+    write_app(tmp_path, redis_url, {"mingle_hello_timeout": -1, "mingle_strict": True})
     code, report = cli_json(tmp_path, "-A", "proj", "mingle", "check", env=NO_PLUGINS)
     assert code == 1
     assert report["broken"] == [
@@ -229,8 +229,8 @@ def test_check_bad_setting_fails(tmp_path: Path) -> None:
     assert "1 problem(s):" in text.stdout and "mingle_hello_timeout=-1" in text.stdout
 
 
-def test_check_stock_consumer_fails_and_says_so(tmp_path: Path) -> None:
-    write_app(tmp_path, "redis://127.0.0.1:6379/3", {"worker_consumer": "celery.worker.consumer:Consumer"})
+def test_check_stock_consumer_fails_and_says_so(tmp_path: Path, redis_url: str) -> None:
+    write_app(tmp_path, redis_url, {"worker_consumer": "celery.worker.consumer:Consumer"})
     code, report = cli_json(tmp_path, "-A", "proj", "mingle", "check", env=NO_PLUGINS)
     assert code == 1
     assert report["consumer_ok"] is False
@@ -245,7 +245,7 @@ def test_check_failing_plugin_and_claimed_transport(tmp_path: Path) -> None:
     add_fake_plugins(tmp_path)
     write_app(tmp_path, "filesystem://")
     code, report = cli_json(tmp_path, "-A", "proj", "mingle", "check", env=ONLY_FAKE)
-    assert code == 1
+    assert code == 70  # EX_SOFTWARE: a plugin failed
     assert report["transport"] == "filesystem"
     assert report["claimed_by"] == "claimer" and report["transport_compatible"] is True
     assert report["broken"] == [
@@ -254,6 +254,9 @@ def test_check_failing_plugin_and_claimed_transport(tmp_path: Path) -> None:
     # Without the broken one, nothing is wrong.
     write_app(tmp_path, "filesystem://", {"mingle_disabled_plugins": ["broken"]}, name="fixed")
     code, report = cli_json(tmp_path, "-A", "fixed", "mingle", "check", env=ONLY_FAKE)
+    assert code == 69, report  # no folders for filesystem://: the live workers cannot be asked
+    assert report["broken"] == [] and "data_in" in report["live"]["error"]
+    code, report = cli_json(tmp_path, "-A", "fixed", "mingle", "check", "--no-live", env=ONLY_FAKE)
     assert code == 0, report["broken"]
     assert report["would_mingle"] is True
 
@@ -282,7 +285,7 @@ def test_check_refused_and_fanout_less_transports(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("broker", "client", "fix"),
     [
-        ("redis://127.0.0.1:6379/3", "redis", 'pip install "celery[redis]"'),
+        ("redis://127.0.0.1:6379", "redis", 'pip install "celery[redis]"'),  # never connected: no client
         ("pgmq://postgres@127.0.0.1:5432/test", "pgmq", "pip install celery-mingle-pgmq"),
     ],
     ids=["redis", "pgmq"],

@@ -15,7 +15,6 @@ own (under a lock) or a new RabbitMQ vhost. Nothing in the copied text is rewrit
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -34,7 +33,6 @@ from tests.support.venvs import ROOT
 QUICKSTART = ROOT / "docs" / "quickstart.md"
 BLOCK = re.compile(r"^<!-- quickstart: (\w+) -->\n```(\w+)\n(.*?)^```", re.M | re.S)
 IDS = ("3f2b6a52-6f0e-4c8c-9d3b-2f1a1e5c9b01", "7d1c0b9e-8a3f-4e7e-b6b2-5c4d3e2f1a00")
-REDIS_DB = 13  # this test's own database; a lock keeps two runs from sharing it
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +77,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def isolated_broker(broker: str) -> Iterator[str]:
     """A broker URL of this run's own: a locked Redis database, or a new RabbitMQ vhost."""
     if broker == "redis":
-        with open(f"/tmp/mingle-quickstart-redis-{REDIS_DB}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+        with services.redis_db() as url:  # a random free database, claimed, flushed at the end
+            yield url
         return
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:

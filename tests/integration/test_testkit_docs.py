@@ -11,11 +11,17 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.compat import core_source
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from tests.support.venvs import ROOT, venv_python
 
 DOC = ROOT / "docs" / "testing-plugins.md"
@@ -37,10 +43,13 @@ def doc_files(text: str) -> dict[str, str]:
 
 def test_the_documented_test_passes_in_a_fresh_venv(tmp_path: Path) -> None:
     files = doc_files(DOC.read_text())
-    assert sorted(files) == ["conftest.py", "test_audit.py"]
+    assert sorted(files) == ["conftest.py", "test_audit.py", "test_audit_hook.py"]
     assert 'pytest_plugins = ["mingle_plugins.testkit.pytest_plugin"]' in files["conftest.py"]
+    # Only what the light extra installs (read from pyproject.toml: the venv and the extra agree).
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extra = meta["project"]["optional-dependencies"]["testkit"]
     python = venv_python(
-        ["celery==5.7.0", "pytest>=7"], editable=[core_source(), FILESYSTEM, AUDIT], label="testkit-docs"
+        ["celery==5.7.0", *extra], editable=[core_source(), FILESYSTEM, AUDIT], label="testkit-docs"
     )
     project = tmp_path / "project"
     project.mkdir()
@@ -60,4 +69,5 @@ def test_the_documented_test_passes_in_a_fresh_venv(tmp_path: Path) -> None:
     print(f"\n{out}")
     assert result.returncode == 0, out
     assert re.search(r"^PASSED test_audit.py::test_newcomer_merges_only_from_prod$", out, re.M), out
-    assert re.search(r"^1 passed", out.splitlines()[-1]), out
+    assert re.search(r"^PASSED test_audit_hook.py::test_keeps_the_ids_of_prod_nodes_only$", out, re.M), out
+    assert re.search(r"^3 passed", out.splitlines()[-1]), out

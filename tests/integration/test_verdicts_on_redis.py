@@ -33,8 +33,7 @@ from kombu import Connection, Exchange
 
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.wire import protocol, reconcile
-from tests.conftest import broker_url
-from tests.support import services
+from tests.conftest import claimed_broker
 from tests.unit.test_verdicts_differential import DropNode, _model  # the same policy and model
 
 KEY = "differential-key-" + "k" * 16
@@ -195,9 +194,8 @@ clusters = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def neighbourhood() -> Iterator[SimpleNamespace]:
-    services.require("redis")
-    url = broker_url("redis")
+def neighbourhood(request: pytest.FixtureRequest) -> Iterator[SimpleNamespace]:
+    url = claimed_broker(request, "redis")
     exchange = f"mingle-diff-{uuid.uuid4().hex[:10]}"
     scenario = Scenario()
     threads = [Neighbour(url, exchange, name, scenario.honest(name)) for name in HONEST]

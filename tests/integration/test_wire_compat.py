@@ -32,8 +32,7 @@ from pathlib import Path
 import pytest
 
 from mingle_plugins.hello.checks import ReplyLimits, check_body
-from tests.conftest import BROKERS, broker_url
-from tests.support import services
+from tests.conftest import BROKERS, claimed_broker
 from tests.support.compat import KINDS, Kind, MixedCluster, build_all
 from tests.support.workers import Worker
 
@@ -76,12 +75,12 @@ def pythons() -> dict[str, Path]:
 def mixed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pythons: dict[str, Path]
 ) -> Iterator[Mixed]:
-    services.require(request.param)
+    url = claimed_broker(request, request.param)
     directory = tmp_path_factory.mktemp(f"compat-{request.param}")
     # On RabbitMQ an idle solo worker notices SIGTERM only when its event loop wakes up, after 10 s
     # by default; a broker heartbeat wakes it every heartbeat / 2 s.
     conf = {"broker_heartbeat": 4} if request.param == "rabbitmq" else {}
-    cluster = MixedCluster(directory, broker_url(request.param), pythons, conf)
+    cluster = MixedCluster(directory, url, pythons, conf)
     try:
         originals = {k.label: cluster.start_kind(k, f"w-{k.label}@compat", wait=False) for k in KINDS}
         for worker in originals.values():

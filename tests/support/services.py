@@ -7,16 +7,22 @@ which turns every such skip into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import random
 import socket
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
 REQUIRE_ENV = "MINGLE_TESTS_REQUIRE_SERVICES"
 
+#: Each service's host, port and base URL. The Redis URL names no database: a test takes one of
+#: its own with :func:`redis_db` (never a fixed number: the server is shared with other programs).
 SERVICES: dict[str, tuple[str, int, str]] = {
-    "redis": ("127.0.0.1", 6379, "redis://127.0.0.1:6379/0"),
+    "redis": ("127.0.0.1", 6379, "redis://127.0.0.1:6379"),
     "rabbitmq": ("127.0.0.1", 5672, "amqp://guest:guest@127.0.0.1:5672//"),
     "postgres": ("127.0.0.1", 5432, "postgresql://postgres@127.0.0.1:5432/postgres"),
 }
@@ -65,3 +71,47 @@ def require_package(service: str) -> str:
     if not found:
         missing(f"{service} is not installed: {install}")
     return module
+
+
+#: The key that claims a Redis database for one test (``SET NX``: two runs never share one).
+CLAIM_KEY = "celery-mingle-plugins:tests:claim"
+#: A claim left by a test that died ends after this many seconds (its data stays: the database is
+#: not empty, so no later test takes it; nothing is flushed that this run did not claim).
+CLAIM_SECONDS = 6 * 3600
+
+
+@contextlib.contextmanager
+def redis_db(databases: range = range(1, 16)) -> Iterator[str]:
+    """A Redis database of this test's own, as a broker URL: a random one of ``databases`` that is
+    empty (``DBSIZE`` 0), claimed with a lock key (``SET NX``); at the end ``FLUSHDB`` of that
+    database only, if the claim is still this test's. Database 0 is left to other programs.
+
+    Skips (or fails under ``MINGLE_TESTS_REQUIRE_SERVICES``) when Redis is not there or no
+    database is free.
+    """
+    import redis
+
+    host, port, base = SERVICES["redis"]
+    if not reachable(host, port):
+        missing(f"redis is not available on {host}:{port}")
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    candidates = list(databases)
+    random.shuffle(candidates)
+    for db in candidates:
+        client = redis.Redis(host=host, port=port, db=db)
+        try:
+            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=CLAIM_SECONDS):
+                break
+        except redis.RedisError:
+            pass
+        client.close()
+    else:
+        missing(f"no free Redis database in {databases.start}..{databases.stop - 1} on {host}:{port}")
+    try:
+        yield f"{base}/{db}"
+    finally:
+        try:
+            if client.get(CLAIM_KEY) == token.encode():
+                client.flushdb()
+        finally:
+            client.close()

@@ -1,7 +1,8 @@
 """Virtualenvs with a given Celery (stock, or with this package), built once.
 
-They live under ``<repo>/.venvs/`` keyed by what is installed in them, so a
-second test run reuses them. ``MINGLE_VENV_DIR`` moves them elsewhere.
+They live outside the checkout, in ``${XDG_CACHE_HOME:-~/.cache}/celery-mingle-plugins/venvs``,
+keyed by what is installed in them, so a second test run (of any checkout) reuses them.
+``MINGLE_VENV_DIR`` moves them elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_DIR = Path(os.environ.get("MINGLE_VENV_DIR", ROOT / ".venvs"))
+
+
+def cache_dir() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/celery-mingle-plugins``: what the tests keep between runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "celery-mingle-plugins"
+
+
+VENV_DIR = Path(os.environ.get("MINGLE_VENV_DIR") or cache_dir() / "venvs")
+#: One lock per checkout (the venvs are shared between checkouts, their builds are not).
+CHECKOUT_LOCK = f".checkout-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}.lock"
 
 
 @contextmanager
@@ -25,7 +36,7 @@ def checkout_lock() -> Iterator[None]:
     a local path in its tree), so that tests running in parallel (pytest-xdist) never do it at
     the same time."""
     VENV_DIR.mkdir(parents=True, exist_ok=True)
-    with open(VENV_DIR / ".checkout.lock", "w") as lock:
+    with open(VENV_DIR / CHECKOUT_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import shutil
 import subprocess
 import tempfile
@@ -20,14 +20,18 @@ from tests.support import services
 from tests.support.brokers import PrivateRedis, free_port
 from tests.support.workers import Cluster, write_app
 
-#: Redis database of the store tests (the broker of the integration tests is db 3).
-STORE_REDIS_DB = 5
+
+@pytest.fixture
+def claims() -> Iterator[contextlib.ExitStack]:
+    """The Redis databases a test claimed (``services.redis_db``: random, empty, flushed at the
+    end); released after its clusters stopped, since ``make_cluster`` needs this fixture too."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
-def store_url(backend: str, tmp_path: Path) -> str:
+def store_url(backend: str, tmp_path: Path, claims: contextlib.ExitStack) -> str:
     if backend == "redis":
-        services.require("redis")
-        return f"redis://127.0.0.1:6379/{STORE_REDIS_DB}"
+        return claims.enter_context(services.redis_db())
     if backend == "postgres":
         return services.require("postgres")
     return f"sqlite:///{tmp_path / 'store.db'}"
@@ -39,9 +43,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_conf(backend: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def store_conf(backend: str, tmp_path: Path, claims: contextlib.ExitStack) -> Iterator[dict[str, Any]]:
     """``mingle_plugin_settings["store"]`` on a key or table of this test's own."""
-    conf = {"url": store_url(backend, tmp_path), "name": f"mingle_store_test_{uuid.uuid4().hex[:10]}"}
+    conf = {"url": store_url(backend, tmp_path, claims), "name": f"mingle_store_test_{uuid.uuid4().hex[:10]}"}
     yield conf
     try:
         open_store(conf["url"], conf["name"]).forget()
@@ -55,11 +59,16 @@ def store(store_conf: dict[str, Any]) -> RevocationStore:
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """``make_cluster(broker, conf)`` -> :class:`Cluster` of real workers, closed after the test."""
+def make_cluster(tmp_path: Path, claims: contextlib.ExitStack) -> Iterator[Callable[..., Cluster]]:
+    """``make_cluster(broker, conf)`` -> :class:`Cluster` of real workers, closed after the test.
+    ``broker=None``: a Redis database of this test's own (one for all its clusters)."""
     clusters: list[Cluster] = []
+    own: list[str] = []
 
-    def make(broker: str, conf: dict[str, Any] | None = None) -> Cluster:
+    def make(broker: str | None, conf: dict[str, Any] | None = None) -> Cluster:
+        if broker is None:
+            own[:] = own or [claims.enter_context(services.redis_db())]
+            broker = own[0]
         directory = tmp_path / f"cluster{len(clusters)}"
         cluster = Cluster(directory, write_app(directory, broker, conf))
         clusters.append(cluster)
@@ -144,11 +153,11 @@ def stoppable_store(backend: str, tmp_path: Path) -> Iterator[StoppableStore]:
 
 
 @pytest.fixture
-def isolated_store_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A URL of this test's own: a random Redis database, or a PostgreSQL schema (dropped after)."""
+def isolated_store_url(backend: str, tmp_path: Path, claims: contextlib.ExitStack) -> Iterator[str]:
+    """A URL of this test's own: a random free Redis database (flushed after), or a PostgreSQL
+    schema (dropped after)."""
     if backend == "redis":
-        services.require("redis")
-        yield f"redis://127.0.0.1:6379/{random.randint(6, 15)}"
+        yield claims.enter_context(services.redis_db())
         return
     base = services.require("postgres")
     import psycopg

@@ -27,8 +27,6 @@ from tests.support.workers import Cluster
 
 pytestmark = pytest.mark.redis
 
-BROKER = "redis://127.0.0.1:6379/3"
-
 
 @pytest.fixture(params=["redis", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
@@ -60,7 +58,7 @@ def test_full_restart_keeps_the_ids_and_an_offline_revoke_reaches_the_next_worke
     store: RevocationStore,
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    cluster = make_cluster(BROKER, {"mingle_plugin_settings": {"store": store_conf}})
+    cluster = make_cluster(None, {"mingle_plugin_settings": {"store": store_conf}})
     cluster.start("w1@store")
     cluster.start("w2@store")
     ids = [str(uuid.uuid4()) for _ in range(20)]
@@ -108,7 +106,7 @@ def test_expired_ids_are_not_brought_back(
     services.require("redis")
     now = time.time()
     store.record({"revoked-2h-ago": now - 7200, "revoked-now": now}, None, None)
-    cluster = make_cluster(BROKER, {"mingle_plugin_settings": {"store": store_conf}})
+    cluster = make_cluster(None, {"mingle_plugin_settings": {"store": store_conf}})
     cluster.start("w1@expiry", env={"CELERY_WORKER_REVOKE_EXPIRES": "3600"})
     assert revoked_of(cluster, "w1@expiry") == {"revoked-now"}
     cluster.start("w2@expiry")  # stock expiry, 3 hours: the worker's own bound decides
@@ -129,7 +127,7 @@ def test_a_store_down_at_start_does_not_stop_the_worker(
 ) -> None:
     services.require("redis")
     down = {"url": f"redis://127.0.0.1:{silent_port}/0", "timeout": 0.5, "source": "store@down"}
-    cluster = make_cluster(BROKER, {"mingle_plugin_settings": {"store": down}})
+    cluster = make_cluster(None, {"mingle_plugin_settings": {"store": down}})
     cluster.start("w1@down")
     ids = [str(uuid.uuid4()) for _ in range(5)]
     cluster.client.control.revoke(ids)  # recorded nowhere: one log line
