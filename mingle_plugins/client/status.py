@@ -13,6 +13,7 @@ import click
 
 from ..answering.control import STATUS_COMMAND
 from ..plugins.loader import SLOW_IMPORT_SECONDS
+from ..wire import compat
 
 __all__ = ["fault_lines", "plugin_problems", "print_status", "query_status", "status_rows", "table"]
 
@@ -43,6 +44,7 @@ def query_status(app: Any, timeout: float = 1.0, destination: Sequence[str] | No
     kwargs: dict[str, Any] = {"reply": True, "timeout": timeout}
     if destination:
         kwargs["destination"] = list(destination)
+    compat.exclusive_replies(app.control.mailbox)  # kombu < 5.6: see there (RabbitMQ 4.3)
     answers = _merge_replies(app.control.broadcast(STATUS_COMMAND, **kwargs))
     workers: dict[str, Any] = {}
     stock: dict[str, str] = {}

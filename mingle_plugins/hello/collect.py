@@ -90,7 +90,8 @@ class HelloCollector:
         self.verdicts = verdicts
         self.connection = connection
         self.options = options
-        self.mailbox = app.control.mailbox(connection)
+        # Exclusive, also on kombu < 5.6 (RabbitMQ 4.3 refuses a transient shared queue).
+        self.mailbox = compat.exclusive_replies(app.control.mailbox(connection))
         self.chan = connection.default_channel
         if options.reply_queue is None:
             self.reply_queue = self.mailbox.reply_queue

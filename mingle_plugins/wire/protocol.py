@@ -28,14 +28,16 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   its ``revoked``). So an id revoked at T expires at T + expiry everywhere,
   whatever the number of mingles.
 
-- ``"presence": true`` (on AMQP with ``mingle_presence``): the sender will
+- ``"presence_v2": true`` (on AMQP with ``mingle_presence``): the sender will
   consume the presence queue after its mingle, so others need not name it. A
-  worker that consumes that queue adds ``"present": true`` to its reply's
+  worker that consumes that queue adds ``"present_v2": true`` to its reply's
   ``mingle``, and ``"uncounted": [node, ...]`` (``"uncounted_more": true``
   when its list was cut): the nodes it saw that are not counted (stock
   workers, workers without presence). These are not signed: like any reply
   on Redis, where the count is the number of node names, they can end a
   collection early but never add an id (:mod:`mingle_plugins.hello.presence`).
+  (0.1 sent ``presence`` / ``present`` for its own, non-durable queue: the keys
+  changed with the queue, so that each version counts only its own kind.)
 
 A stock newcomer never sends ``mingle``, so it always gets a stock reply.
 """
@@ -220,7 +222,7 @@ def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloO
     if options.digest:
         ext["want"] = "digest"
     if options.presence_queue:
-        ext["presence"] = True  # this worker will be counted: its neighbours need not name it
+        ext["presence_v2"] = True  # this worker will be counted: its neighbours need not name it
     return {"from_node": hostname, "revoked": revoked, "mingle": ext}
 
 
