@@ -18,6 +18,7 @@ queue is still held by a connection that is going away (405 RESOURCE_LOCKED:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from celery.utils.graph import DependencyGraph
@@ -62,7 +63,7 @@ class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]
             box = getattr(step, "box", None)
             if isinstance(step, StockControl) and not step.is_green and box is not None:
                 # The step's own attribute (Control sets ``self.start = self.box.start``).
-                step.start = start_retrying_locked(box.start, box, lambda box=box: _pidbox_name(box))
+                step.start = start_retrying_locked(box.start, box, partial(_pidbox_name, box))
         return result
 
     def _finalize_steps(self, steps: dict[str, Any]) -> list[Any]:
