@@ -106,6 +106,8 @@ class HelloCollector:
         #: the verified full lists of the digest round, by node name
         self.lists: dict[str, Any] = {}
         self._malformed = 0
+        #: this worker's node name (a reply under it comes from another process)
+        self.own: str | None = None
         self._consumer: Any = None
         self._published = False
         self._saved_interval: Any = None
@@ -159,6 +161,9 @@ class HelloCollector:
             )
             return
         for node, body in bodies.items():
+            if node == self.own and protocol.same_name_of(body) is not None:
+                replies.setdefault(node, body)  # another worker under this name: not a neighbour
+                continue
             self._add(replies, node, body, ticket in self._full_lists)
 
     def _add(self, replies: dict[str, Any], node: str, body: Any, full_list: bool) -> None:
@@ -346,6 +351,7 @@ class HelloCollector:
         replies: dict[str, Any] = {}
         self._requests[ticket] = replies
         own = arguments.get("from_node")
+        self.own = own if isinstance(own, str) else None
         expected = options.expected_replies
         rule = None
         if not destination and expected is None and options.count_receivers:
@@ -375,7 +381,8 @@ class HelloCollector:
             if overrun is not None:
                 window = False
             elif expected is not None:
-                if len(replies.keys() - {own}) >= expected:
+                # A reply under this worker's own name (another worker under it) was counted too.
+                if len(replies.keys() - {own}) >= expected - (own in replies):
                     if counted:
                         counted = False
                         self._drain_ready()  # the replies already here: more than the count?

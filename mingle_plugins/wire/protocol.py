@@ -39,6 +39,13 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   (0.1 sent ``presence`` / ``present`` for its own, non-durable queue: the keys
   changed with the queue, so that each version counts only its own kind.)
 
+- ``"instance": S``: a random token of the sending process. A worker that gets a
+  hello under its own node name with another token (two workers started with
+  one ``-n``) answers ``{"mingle": {"v": 2, "same_name": its token}}`` rather
+  than nothing (stock answers a hello from its own name with ``None``), and
+  both say so (:class:`mingle_plugins.answering.step.SameName`). Not signed: a
+  forged one makes a warning, nothing else.
+
 A stock newcomer never sends ``mingle``, so it always gets a stock reply.
 """
 
@@ -48,6 +55,7 @@ import hashlib
 import hmac
 import json
 import math
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -58,7 +66,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMPTY_DIGEST",
+    "INSTANCE",
     "VERSION",
+    "same_name_of",
     "DigestCache",
     "ages_digest",
     "digest",
@@ -76,6 +86,9 @@ __all__ = [
 
 #: The version of the extension this package speaks (2: ages, signed send times).
 VERSION = 2
+#: This process's token in its hello requests (``mingle.instance``): two workers under one node
+#: name tell each other apart by it.
+INSTANCE = secrets.token_hex(8)
 
 
 def digest(ids: Iterable[str]) -> str:
@@ -202,6 +215,14 @@ def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> st
     return "bad request signature"
 
 
+def same_name_of(body: Any) -> str | None:
+    """The token of another process under this worker's node name, when ``body`` (a reply under
+    that name) is one (``{"mingle": {"same_name": token}}``); else ``None``."""
+    ext = body.get("mingle") if isinstance(body, Mapping) else None
+    token = ext.get("same_name") if isinstance(ext, Mapping) else None
+    return token if isinstance(token, str) and token and token != INSTANCE else None
+
+
 def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloOptions) -> dict[str, Any]:
     """The arguments of this package's ``hello`` broadcast: the stock ones and the ``mingle`` block.
 
@@ -223,6 +244,7 @@ def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloO
         ext["want"] = "digest"
     if options.presence_queue:
         ext["presence_v2"] = True  # this worker will be counted: its neighbours need not name it
+    ext["instance"] = INSTANCE
     return {"from_node": hostname, "revoked": revoked, "mingle": ext}
 
 

@@ -12,16 +12,30 @@ new one says it waits.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 
 import pytest
 
 from tests.conftest import broker_url
+from tests.integration.test_cli import cli
+from tests.support.workers import Cluster
 
-pytestmark = pytest.mark.rabbitmq
+RABBITMQ = pytest.mark.rabbitmq
 
 FAST = {"mingle_profile": "fast"}
 WAITING = "is held by another connection (405 RESOURCE_LOCKED)"
+TWIN = "mingle: another live worker runs under this worker's node name %s (it %s)"
+
+
+def twin_of(cluster: Cluster, make_cluster) -> Cluster:
+    """A cluster in another folder with the same app (so a worker under the same name logs to a
+    file of its own), stopped with the others."""
+    directory = cluster.directory.parent / f"{cluster.directory.name}-twin"
+    twin: Cluster = make_cluster(cluster.config["broker_url"], directory=directory)
+    shutil.copy(cluster.directory / "proj.py", directory / "proj.py")  # the same control exchange
+    twin.config = dict(cluster.config)
+    return twin
 
 
 def celery_has_exclusive_pidbox() -> bool:
@@ -30,6 +44,7 @@ def celery_has_exclusive_pidbox() -> bool:
     return bool(Celery("probe", set_as_current=False).conf.control_queue_exclusive)
 
 
+@RABBITMQ
 @pytest.mark.parametrize("conf", [{}, FAST], ids=["default", "fast"])
 def test_kill_and_restart_at_once_under_the_same_name(make_cluster, conf: dict[str, str]) -> None:
     cluster = make_cluster(broker_url("rabbitmq"), conf)
@@ -46,6 +61,7 @@ def test_kill_and_restart_at_once_under_the_same_name(make_cluster, conf: dict[s
     assert cluster.client.control.ping(destination=["pod@restart"], timeout=2)
 
 
+@RABBITMQ
 @pytest.mark.parametrize("conf", [{}, FAST], ids=["default", "fast"])
 def test_the_old_connection_still_holds_the_pidbox_queue(make_cluster, conf: dict[str, str]) -> None:
     if not celery_has_exclusive_pidbox():
@@ -68,13 +84,35 @@ def test_the_old_connection_still_holds_the_pidbox_queue(make_cluster, conf: dic
     assert "mingle: summary: 1 neighbours" in log  # pod@locked was frozen: only the peer answered
 
 
+@RABBITMQ
 def test_a_live_worker_under_the_same_name_is_named(make_cluster) -> None:
     """Two live workers under one name on RabbitMQ (two pods with one hostname): the second cannot
     consume its pidbox queue; after the bounded wait it says why, and Celery stops it as stock."""
     if not celery_has_exclusive_pidbox():
         pytest.skip("this Celery declares its pidbox queue shared (Celery < 5.5): no 405")
     cluster = make_cluster(broker_url("rabbitmq"))
-    cluster.start("twin@dup")
-    second = cluster.start("twin@dup", wait=False)
+    first = cluster.start("twin@dup")
+    second = twin_of(cluster, make_cluster).start("twin@dup", wait=False)
+    # Its mingle runs before its remote control: it hears the twin, and the twin hears it.
+    second.wait_for(re.escape(TWIN % ("twin@dup", "answered this hello")), timeout=60)
+    first.wait_for(re.escape(TWIN % ("twin@dup", "sent a hello")))
     second.wait_for("another live worker runs under the node name twin@dup", timeout=60)
     assert (second.log() + second.output()).count(WAITING) == 1
+
+
+def test_two_live_workers_under_one_name_on_redis(make_cluster, redis_url: str) -> None:
+    """On Redis both run (the pidbox is a fanout subscription): each says so once, and
+    ``celery mingle status`` and ``celery mingle check`` show it."""
+    cluster = make_cluster(redis_url, FAST)
+    first = cluster.start("twin@redis")
+    second = twin_of(cluster, make_cluster).start("twin@redis", wait=False)
+    second.wait_ready()
+    second.wait_for(re.escape(TWIN % ("twin@redis", "answered this hello")))
+    first.wait_for(re.escape(TWIN % ("twin@redis", "sent a hello")))
+    for worker in (first, second):
+        assert worker.log().count("another live worker runs under") == 1
+    status = cli(cluster.directory, "-A", "proj", "mingle", "status", "--timeout", "1")
+    assert "twin@redis: another live worker runs under this node name (it " in status.stdout, status
+    assert "addressed to twin@redis reaches both" in status.stdout
+    check = cli(cluster.directory, "-A", "proj", "mingle", "check", "--timeout", "1")
+    assert "note: duplicate node name: twin@redis: another live worker" in check.stdout, check
