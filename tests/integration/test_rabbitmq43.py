@@ -7,7 +7,9 @@ never the consumer connection."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ from tests.integration.test_cli import cli
 from tests.integration.test_rolling_upgrade import old_python
 from tests.support import rabbit
 from tests.support.amqp_proxy import Declare, Rabbit43Proxy
-from tests.support.workers import Cluster, Worker
+from tests.support.compat import KINDS, kind_python
+from tests.support.workers import Cluster, Worker, write_app
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -117,5 +120,44 @@ def test_a_presence_queue_denied_by_permissions(tmp_path: Path) -> None:
                 log = worker.log()
                 assert log.count(CANNOT_JOIN) == 1 and "Unrecoverable" not in log
                 assert connections(worker) == 1, worker.tail()
+        finally:
+            cluster.close()
+
+
+def run_celery(python: Path, directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_MINGLE_PLUGINS"}
+    env["PYTHONPATH"] = str(directory)
+    return subprocess.run(
+        [str(python), "-m", "celery", "-A", "proj", *args],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_cli_on_kombu_53_behind_the_rule(tmp_path: Path) -> None:
+    """kombu up to 5.5 declares its mailbox reply queue transient and shared: 4.3 refuses it. Our
+    commands make theirs exclusive (``compat.exclusive_replies``); Celery's own
+    ``celery inspect ping`` on the same kombu is refused, for comparison."""
+    (kind,) = [k for k in KINDS if k.label == "ours54"]
+    old_kombu = kind_python(kind)
+    with rabbit.vhost("mingle-43-kombu53") as direct, Rabbit43Proxy() as proxy:
+        vhost = direct.rsplit("/", 1)[1]
+        cluster = Cluster.create(tmp_path / "workers", direct, PROFILES["fast"])  # Celery 5.7, direct
+        try:
+            cluster.start("a@k53")
+            cluster.start("b@k53")
+            client_dir = tmp_path / "client"
+            write_app(client_dir, proxy.url(vhost), {"control_exchange": cluster.config["control_exchange"]})
+            status = run_celery(old_kombu, client_dir, "mingle", "status", "--timeout", "1")
+            assert "a@k53" in status.stdout and "b@k53" in status.stdout, (status.stdout, status.stderr)
+            revoke = run_celery(old_kombu, client_dir, "mingle", "revoke", str(uuid.uuid4()))
+            assert revoke.returncode == 0, revoke.stderr
+            assert proxy.refused == [], proxy.refused
+            assert any(".reply." in d.queue and d.exclusive for d in proxy.declares), proxy.declares
+            stock = run_celery(old_kombu, client_dir, "inspect", "ping", "--timeout", "1")
+            assert any(".reply." in d.queue for d in proxy.refused), (proxy.refused, stock.stderr)
         finally:
             cluster.close()
