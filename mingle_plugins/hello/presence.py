@@ -12,7 +12,7 @@ A newcomer reads the queue's consumer count P with a passive declare on a
 short-lived channel of its own, before the hello. The collection rule
 (:class:`PresenceCount`):
 
-1. wait until P replies flagged ``mingle.present`` came (the timeout after the
+1. wait until P replies flagged ``mingle.present_v2`` came (the timeout after the
    last reply bounds the wait, as with the Redis count: a busy neighbour is
    waited for);
 2. the counted neighbours name the nodes they know that are not counted
