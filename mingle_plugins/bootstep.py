@@ -13,7 +13,7 @@ from celery.worker.consumer.events import Events
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
 from .answering.control import install_handlers
-from .answering.step import RefusedRequests
+from .answering.step import RefusedRequests, SameName
 from .hello.checks import InvalidReply, ReplayGuard, check_body, is_malformed_label, reply_limits, shown
 from .hello.presence import PresenceState, queue_name
 from .hello.rounds import MingleRound
@@ -21,7 +21,7 @@ from .model import HelloOptions, MingleSummary
 from .parsers import parse_seconds
 from .plugins.config import configure
 from .plugins.diagnostics import PLUGIN_DISTRIBUTIONS, decide_transport, load_transport
-from .wire import compat
+from .wire import compat, protocol
 from .wire.bulk import gc_paused
 
 __all__ = ["Mingle"]
@@ -67,6 +67,8 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
         self.last_summary: MingleSummary | None = None
         #: The hello requests whose ids this worker refused (shown by ``mingle_status``).
         self.requests_refused = RefusedRequests()
+        #: Other live workers heard under this worker's node name (shown by ``mingle_status``).
+        self.same_name = SameName()
         self._size_revoked_set(c)
         self.enabled = not without_mingle and self.compatible_transport(c.app)
         if without_mingle:
@@ -298,7 +300,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             error("mingle: mingle_send_hello returned a %s, not a mapping; ignored", type(replies).__name__)
             return {}
         replies = dict(replies)
-        replies.pop(c.hostname, None)  # delete my own response
+        own = replies.pop(c.hostname, None)  # delete my own response
+        if protocol.same_name_of(own) is not None:  # another worker's, under this worker's name
+            self.same_name.heard(c.hostname, str(protocol.same_name_of(own)), "answered this hello")
         return replies
 
     def extra_replies(

@@ -10,17 +10,23 @@ so a replacement added with ``app.steps`` loses or breaks depending on the
 hash seed. This blueprint resolves every dependency on the stock step to ours
 while it builds its own graph; no Celery class is changed. It adds one step,
 :class:`mingle_plugins.hello.presence.PresenceStep` (after remote control; it does
-something only with ``mingle_presence`` on AMQP).
+something only with ``mingle_presence`` on AMQP). Its remote-control step
+(this consumer's object only) tries again for a few seconds when its own pidbox
+queue is still held by a connection that is going away (405 RESOURCE_LOCKED:
+:mod:`mingle_plugins.answering.pidbox`).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from celery.utils.graph import DependencyGraph
 from celery.worker.consumer.consumer import Consumer as StockConsumer
+from celery.worker.consumer.control import Control as StockControl
 from celery.worker.consumer.mingle import Mingle as StockMingle
 
+from .answering.pidbox import start_retrying_locked
 from .bootstep import Mingle
 
 __all__ = ["Blueprint", "Consumer"]
@@ -51,6 +57,15 @@ class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]
         steps[step.name] = step
         return steps
 
+    def apply(self, parent: Any, **kwargs: Any) -> Any:
+        result = super().apply(parent, **kwargs)
+        for step in self.order:
+            box = getattr(step, "box", None)
+            if isinstance(step, StockControl) and not step.is_green and box is not None:
+                # The step's own attribute (Control sets ``self.start = self.box.start``).
+                step.start = start_retrying_locked(box.start, box, partial(_pidbox_name, box))
+        return result
+
     def _finalize_steps(self, steps: dict[str, Any]) -> list[Any]:
         # As bootsteps.Blueprint._finalize_steps, with one difference: a
         # dependency on the stock Mingle class is resolved to ours, and the
@@ -76,6 +91,14 @@ class Blueprint(StockConsumer.Blueprint):  # type: ignore[misc]
         except KeyError as exc:
             raise KeyError(f"unknown bootstep: {exc}") from exc
         return order
+
+
+def _pidbox_name(box: Any) -> str:
+    node = box.node
+    try:
+        return str(node.mailbox.get_queue(node.hostname).name)
+    except Exception:  # only for a log line
+        return f"of {node.hostname}"
 
 
 class Consumer(StockConsumer):  # type: ignore[misc]

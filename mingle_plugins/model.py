@@ -77,7 +77,7 @@ class HelloOptions:
             exchange are dropped. ``None``: the stock reply exchange and queue.
         presence_queue: on AMQP with ``mingle_presence``, the presence queue this
             worker joins after its mingle (:mod:`mingle_plugins.hello.presence`); the
-            hello request says so (``mingle.presence``). With ``count_receivers``
+            hello request says so (``mingle.presence_v2``). With ``count_receivers``
             and no ``expected_replies``, the broadcast first reads how many
             neighbours consume that queue, and ends once they (and the uncounted
             neighbours they name) replied. ``None``: no presence.

@@ -142,7 +142,8 @@ class MingleSettings:
     presence: bool = setting(
         False,
         "On RabbitMQ (AMQP): after its mingle, the worker consumes the presence queue "
-        "`<control_exchange>.mingle.presence`, so that newcomers can count it; with "
+        "`<control_exchange>.mingle.presence.v2` (durable, auto-delete, classic, `x-expires` 60 s: "
+        "see docs/operations.md, RabbitMQ 4.x), so that newcomers can count it; with "
         "`mingle_expect_replies`, a newcomer reads that count and ends its hello once the counted "
         "neighbours (and the uncounted ones they name) replied, without the quiet window.",
         boolean,

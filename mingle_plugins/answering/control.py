@@ -62,6 +62,7 @@ def status_reply(step: AnsweringStep, consumer: Any = None) -> dict[str, Any]:
         "last": step.last_summary.as_dict() if step.last_summary else None,
         "faults": step.runner.fault_list(),
         "requests_refused": step.requests_refused.as_dict(),
+        "same_name": step.same_name.as_dict(),
         "plugin_status": plugins_say,
     }
 

@@ -84,7 +84,13 @@ def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable
         except InvalidReply as exc:  # stock would log the name raw ("sync with <name>")
             logger.warning("mingle: refused a hello request from %s: %s", shown(from_node), exc)
             return None
-        if from_node != state.hostname:
+        if from_node == state.hostname:
+            twin = mingle.get("instance") if isinstance(mingle, Mapping) else None
+            if isinstance(twin, str) and twin and twin != protocol.INSTANCE:
+                # Another process under this name: say so to it, and here (stock answers None).
+                step.same_name.heard(state.hostname, twin, "sent a hello")
+                return {"mingle": {"v": protocol.VERSION, "same_name": protocol.INSTANCE}}
+        else:
             step.presence.saw_request(from_node, mingle)
             if revoked:
                 take_request_ids(step, state.consumer, from_node, revoked, mingle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from ..plugins.runner import HookRunner
     from ..settings import MingleSettings
 
-__all__ = ["AnsweringStep", "RefusedRequests"]
+__all__ = ["AnsweringStep", "RefusedRequests", "SameName"]
 
 #: How many node names :class:`RefusedRequests` keeps a reason for (the count goes on).
 REFUSED_NODES_KEPT = 50
@@ -37,6 +38,39 @@ class RefusedRequests:
         return {"count": self.count, "last_reason_by_node": dict(self.by_node)}
 
 
+class SameName:
+    """Other live workers heard under this worker's own node name (two workers started with one
+    ``-n``, e.g. two pods with one hostname), each told once in a WARNING line."""
+
+    #: What it means, for the WARNING line and ``celery mingle status`` / ``check`` (``%s``: the name).
+    MEANING = (
+        "that worker does not answer this one's hello, nor this one its (a hello from its own name), "
+        "and a revoke or any remote-control command addressed to %s reaches both"
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last = ""
+        self._told: set[str] = set()
+
+    def heard(self, name: str, token: str, how: str) -> None:
+        """``how``: what was heard (``"answered its hello"``, ``"sent a hello"``)."""
+        self.count += 1
+        self.last = how
+        if token in self._told or len(self._told) > 100:
+            return
+        self._told.add(token)
+        logging.getLogger("mingle_plugins").warning(
+            "mingle: another live worker runs under this worker's node name %s (it %s): " + self.MEANING,
+            name,
+            how,
+            name,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "last": self.last}
+
+
 class AnsweringStep(Protocol):
     """The step's state that the ``hello``, ``revoke`` and ``mingle_status`` handlers read."""
 
@@ -48,6 +82,7 @@ class AnsweringStep(Protocol):
     runner: HookRunner
     last_summary: MingleSummary | None
     requests_refused: RefusedRequests
+    same_name: SameName
 
     def new_round(self, c: Any) -> MingleRound: ...
 

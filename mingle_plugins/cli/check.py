@@ -11,7 +11,7 @@ from celery.bin.base import CeleryOption
 from celery.utils.imports import symbol_by_name
 
 from ..bootstep import Mingle
-from ..client.status import fault_lines, plugin_problems, query_status
+from ..client.status import fault_lines, plugin_problems, query_status, same_name_lines
 from ..consumer import Blueprint as MingleBlueprint
 from ..markers import BUILTIN_NAME
 from ..plugins.diagnostics import (
@@ -175,6 +175,7 @@ def live_report(app: Any, timeout: float) -> dict[str, Any]:
         "workers": sorted(workers),
         "faults": fault_lines(workers),
         "problems": plugin_problems(workers),
+        "same_name": same_name_lines(workers),
         "error": None,
     }
 
@@ -215,6 +216,7 @@ def check(ctx: click.Context, as_json: bool, live: bool, timeout: float) -> None
     runtime += [f"a plugin reports: {line}" for line in report["live"].get("problems", ())]
     report["broken"] += runtime
     report["plugin_failures"] += runtime
+    report["warnings"] += [f"duplicate node name: {line}" for line in report["live"].get("same_name", ())]
     if live and not report["live"]["asked"]:
         report["warnings"].append(f"live workers not asked: {report['live']['error']}")
     report["exit_code"] = code = exit_code(report)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..plugins.config import MingleConfig, configure
+from ..wire import compat
 
 __all__ = ["RevokeOutcome", "revoke"]
 
@@ -66,5 +67,6 @@ def revoke(
         if key[1] == hook and fault.count > before.get(key, 0)
     )
     if ids:
+        compat.exclusive_replies(app.control.mailbox)  # a reply=True revoke: kombu < 5.6 (RabbitMQ 4.3)
         app.control.revoke(list(ids), terminate=terminate, signal=signal, **kwargs)
     return RevokeOutcome(ids, recorded, failed)

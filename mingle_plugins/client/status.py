@@ -13,8 +13,17 @@ import click
 
 from ..answering.control import STATUS_COMMAND
 from ..plugins.loader import SLOW_IMPORT_SECONDS
+from ..wire import compat
 
-__all__ = ["fault_lines", "plugin_problems", "print_status", "query_status", "status_rows", "table"]
+__all__ = [
+    "fault_lines",
+    "plugin_problems",
+    "print_status",
+    "query_status",
+    "same_name_lines",
+    "status_rows",
+    "table",
+]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -43,6 +52,7 @@ def query_status(app: Any, timeout: float = 1.0, destination: Sequence[str] | No
     kwargs: dict[str, Any] = {"reply": True, "timeout": timeout}
     if destination:
         kwargs["destination"] = list(destination)
+    compat.exclusive_replies(app.control.mailbox)  # kombu < 5.6: see there (RabbitMQ 4.3)
     answers = _merge_replies(app.control.broadcast(STATUS_COMMAND, **kwargs))
     workers: dict[str, Any] = {}
     stock: dict[str, str] = {}
@@ -80,6 +90,21 @@ def plugin_problems(workers: Mapping[str, Any]) -> list[str]:
         for plugin, fields in (reply.get("plugin_status") or {}).items()
         if isinstance(fields, Mapping) and fields.get("problem")
     ]
+
+
+def same_name_lines(workers: Mapping[str, Any]) -> list[str]:
+    """One line per live worker that heard another one under its own node name."""
+    from ..answering.step import SameName
+
+    lines = []
+    for node, reply in workers.items():
+        same = reply.get("same_name")
+        if isinstance(same, Mapping) and same.get("count"):
+            lines.append(
+                f"{node}: another live worker runs under this node name (it {same.get('last')}): "
+                + SameName.MEANING % node
+            )
+    return lines
 
 
 def status_rows(workers: Mapping[str, Any]) -> list[tuple[str, ...]]:
@@ -148,6 +173,7 @@ def print_status(result: Mapping[str, Any]) -> None:
             if isinstance(fields, Mapping) and fields:
                 shown_fields = ", ".join(f"{k} {v}" for k, v in fields.items())
                 details.append(f"{node}: plugin {plugin!r}: {shown_fields[:400]}")
+        details += same_name_lines({node: reply})
         refused = reply.get("requests_refused") or {}
         if refused.get("count"):
             reasons = "; ".join(f"{n}: {r}" for n, r in (refused.get("last_reason_by_node") or {}).items())

@@ -90,7 +90,8 @@ class HelloCollector:
         self.verdicts = verdicts
         self.connection = connection
         self.options = options
-        self.mailbox = app.control.mailbox(connection)
+        # Exclusive, also on kombu < 5.6 (RabbitMQ 4.3 refuses a transient shared queue).
+        self.mailbox = compat.exclusive_replies(app.control.mailbox(connection))
         self.chan = connection.default_channel
         if options.reply_queue is None:
             self.reply_queue = self.mailbox.reply_queue
@@ -105,6 +106,8 @@ class HelloCollector:
         #: the verified full lists of the digest round, by node name
         self.lists: dict[str, Any] = {}
         self._malformed = 0
+        #: this worker's node name (a reply under it comes from another process)
+        self.own: str | None = None
         self._consumer: Any = None
         self._published = False
         self._saved_interval: Any = None
@@ -158,6 +161,9 @@ class HelloCollector:
             )
             return
         for node, body in bodies.items():
+            if node == self.own and protocol.same_name_of(body) is not None:
+                replies.setdefault(node, body)  # another worker under this name: not a neighbour
+                continue
             self._add(replies, node, body, ticket in self._full_lists)
 
     def _add(self, replies: dict[str, Any], node: str, body: Any, full_list: bool) -> None:
@@ -355,6 +361,7 @@ class HelloCollector:
         replies: dict[str, Any] = {}
         self._requests[ticket] = replies
         own = arguments.get("from_node")
+        self.own = own if isinstance(own, str) else None
         expected = options.expected_replies
         rule = None
         if not destination and expected is None and options.count_receivers:
@@ -384,7 +391,8 @@ class HelloCollector:
             if overrun is not None:
                 window = False
             elif expected is not None:
-                if len(replies.keys() - {own}) >= expected:
+                # A reply under this worker's own name (another worker under it) was counted too.
+                if len(replies.keys() - {own}) >= expected - (own in replies):
                     if counted:
                         counted = False
                         self._drain_ready()  # the replies already here: more than the count?

@@ -5,12 +5,14 @@ On Redis a newcomer knows how many workers its hello reached (the answer of
 fast profile ends the collection a quiet window after the last reply. With
 ``mingle_presence`` every worker of this package on AMQP consumes, once its
 own mingle is done and its remote control listens, the queue
-``<control_exchange>.mingle.presence`` (non-durable, auto-delete: it goes with
-the last worker; nothing is ever sent to it). A newcomer reads the queue's
-consumer count P with a passive declare on a short-lived channel of its own,
-before the hello. The collection rule (:class:`PresenceCount`):
+``<control_exchange>.mingle.presence.v2`` (see :func:`presence_queue`: durable
+with auto-delete, ``x-expires`` and an explicit ``x-queue-type: classic``, which
+RabbitMQ 4.3 accepts; it goes with the last worker; nothing is ever sent to it).
+A newcomer reads the queue's consumer count P with a passive declare on a
+short-lived channel of its own, before the hello. The collection rule
+(:class:`PresenceCount`):
 
-1. wait until P replies flagged ``mingle.present`` came (the timeout after the
+1. wait until P replies flagged ``mingle.present_v2`` came (the timeout after the
    last reply bounds the wait, as with the Redis count: a busy neighbour is
    waited for);
 2. the counted neighbours name the nodes they know that are not counted
@@ -26,6 +28,14 @@ before the hello. The collection rule (:class:`PresenceCount`):
 
 P = 0 (no queue: the broker answers 404), or a count the broker will not give
 (permissions, a channel or connection error): the quiet window, as before.
+
+Rolling upgrades: 0.1 (up to a14d253) used ``<control_exchange>.mingle.presence``,
+non-durable, and the request and reply keys ``presence`` / ``present``. This
+version uses another queue and other keys (:data:`REQUEST_KEY`,
+:data:`PRESENT_KEY`), so the two never meet on one queue (redeclaring a queue
+with other flags is ``406 PRECONDITION_FAILED``): each version counts its own
+kind, and sees the other as workers without presence, which the counted ones
+name and newcomers await by their pidbox queue (or the quiet window).
 """
 
 from __future__ import annotations
@@ -45,8 +55,11 @@ from ..wire.compat import CONTROL_STEP
 from .checks import InvalidReply, check_nodename, shown
 
 __all__ = [
+    "LEGACY_SUFFIX",
     "MAX_CHECKS",
     "MAX_NAMED",
+    "PRESENT_KEY",
+    "REQUEST_KEY",
     "REVERIFY_AFTER",
     "VERIFY_AFTER",
     "PresenceCount",
@@ -55,7 +68,9 @@ __all__ = [
     "SideChannel",
     "count_consumers",
     "pidbox_checks",
+    "declare_apart",
     "presence_queue",
+    "queue_exists",
     "queue_name",
 ]
 
@@ -76,22 +91,55 @@ REVERIFY_AFTER = 3600.0
 #: The presence queue is deleted this long after it was last used without a consumer
 #: (``x-expires``): a guard for a worker that declared it and died before consuming.
 QUEUE_EXPIRES = 60.0
+#: The queue name's suffix after the control exchange (0.1 used ``.mingle.presence``, non-durable:
+#: a name of its own, so that the two versions never redeclare one queue with other flags).
+SUFFIX = ".mingle.presence.v2"
+LEGACY_SUFFIX = ".mingle.presence"
+#: The hello request's ``mingle`` key saying that its sender will be counted in this queue.
+REQUEST_KEY = "presence_v2"
+#: The reply's ``mingle`` key of a worker counted in it now (0.1's keys are ``presence``, ``present``).
+PRESENT_KEY = "present_v2"
 
 Phase = Literal["wait", "window", "done"]
 
 
 def queue_name(app: Any) -> str:
     """The presence queue of the app's control exchange."""
-    return f"{app.conf.control_exchange}.mingle.presence"
+    return f"{app.conf.control_exchange}{SUFFIX}"
 
 
-def presence_queue(name: str) -> Queue:
-    """The presence queue: non-durable, deleted with its last consumer; no message is ever sent to it.
+def presence_queue(name: str, no_declare: bool = False) -> Queue:
+    """The presence queue: deleted with its last consumer; no message is ever sent to it.
 
-    Every worker declares it with these same arguments (a different ``x-expires``
-    would make the broker refuse the declare).
+    Durable with auto-delete, not transient (RabbitMQ 4.3 refuses a transient
+    non-exclusive queue), and shared by every worker, so not exclusive;
+    ``x-expires`` deletes it 60 s after it was last used without a consumer (a
+    worker that declared it and died before consuming), and an explicit
+    ``x-queue-type: classic`` keeps it a classic queue on a vhost whose default
+    queue type is quorum (quorum queues refuse auto-delete). Every worker
+    declares it with these same arguments (other ones would be refused, 406).
     """
-    return Queue(name, durable=False, auto_delete=True, expires=QUEUE_EXPIRES)  # type: ignore[no-untyped-call]
+    return Queue(  # type: ignore[no-untyped-call]
+        name,
+        durable=True,
+        auto_delete=True,
+        expires=QUEUE_EXPIRES,
+        queue_arguments={"x-queue-type": "classic"},
+        no_declare=no_declare,
+    )
+
+
+def declare_apart(connection: Any, queue: Queue) -> None:
+    """Declare ``queue`` on a connection of its own, closed after: whatever the broker refuses
+    (a policy, a permission, a limit; RabbitMQ answers some refusals by closing the
+    *connection*, 541) costs that connection, never the worker's consumer connection."""
+    with connection.clone(heartbeat=0) as conn:
+        conn.ensure_connection(max_retries=1)
+        channel = conn.channel()
+        try:
+            queue(channel).declare()  # type: ignore[no-untyped-call]
+        finally:
+            ignore_errors(conn, channel.close)  # type: ignore[no-untyped-call]
 
 
 class SideChannel:
@@ -141,6 +189,22 @@ def count_consumers(connection: Any, queue: str) -> int | None:
         side.close()
 
 
+def queue_exists(connection: Any, queue: str) -> bool:
+    """Whether ``queue`` exists, by a passive declare on a channel of its own (``False`` also
+    when the broker does not say: the caller declares it then, apart)."""
+    channel = None
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue=queue, passive=True)
+        return True
+    except Exception as exc:  # 404: missing; anything else: declared apart, which says more
+        logger.debug("mingle: passive declare of %s: %r", shown(queue), exc)
+        return False
+    finally:
+        if channel is not None:
+            ignore_errors(connection, channel.close)  # type: ignore[no-untyped-call]
+
+
 @contextmanager
 def pidbox_checks(connection: Any, mailbox: Any) -> Iterator[Callable[[str], bool | None]]:
     """``listening(node)``: whether that node's pidbox queue has a consumer (``None``: the broker
@@ -160,7 +224,7 @@ def pidbox_checks(connection: Any, mailbox: Any) -> Iterator[Callable[[str], boo
 def _flags(body: Any) -> tuple[bool, list[str], bool]:
     """``(present, uncounted names, list cut)`` of one reply body (a non-mapping: not present)."""
     ext = body.get("mingle") if isinstance(body, Mapping) else None
-    if not isinstance(ext, Mapping) or ext.get("present") is not True:
+    if not isinstance(ext, Mapping) or ext.get(PRESENT_KEY) is not True:
         return False, [], False
     names = ext.get("uncounted")
     named = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
@@ -303,9 +367,9 @@ class PresenceState:
             self.cut = True
 
     def saw_request(self, node: Any, ext: Any) -> None:
-        """A hello request: its sender is counted once it said so (``mingle.presence``)."""
+        """A hello request: its sender is counted once it said so (:data:`REQUEST_KEY`)."""
         if self.enabled:
-            self._saw(node, isinstance(ext, Mapping) and ext.get("presence") is True, listens=False)
+            self._saw(node, isinstance(ext, Mapping) and ext.get(REQUEST_KEY) is True, listens=False)
 
     def saw_replies(self, replies: Mapping[str, Any], own: str) -> None:
         """The replies to this worker's hello: the nodes that did not say they are counted."""
@@ -337,7 +401,7 @@ class PresenceState:
         """What this worker adds to the ``mingle`` block of its replies while it is counted."""
         if not self.present:
             return {}
-        fields: dict[str, Any] = {"present": True}
+        fields: dict[str, Any] = {PRESENT_KEY: True}
         if self.uncounted:
             fields["uncounted"] = list(self.uncounted)
         if self.cut:
@@ -373,21 +437,30 @@ class PresenceState:
     # -- the consumer ------------------------------------------------------------------
 
     def join(self, connection: Any) -> bool:
-        """Consume the presence queue on a channel of its own; never raises (logged at INFO)."""
+        """Consume the presence queue on a channel of its own; never raises (logged at INFO).
+
+        The queue is declared, when a passive declare says it is missing, on a
+        connection of its own (:func:`declare_apart`); the consumer connection
+        only consumes it, on a channel of its own, without declaring: a refusal
+        there closes that channel, never the consumer connection.
+        """
         if self.queue is None or self.present:
             return self.present
         if connection.transport.driver_type != "amqp":
             return False
         channel = None
         try:
+            if not queue_exists(connection, self.queue):
+                declare_apart(connection, presence_queue(self.queue))
             channel = connection.channel()
             consumer = Consumer(  # type: ignore[no-untyped-call]
-                channel, [presence_queue(self.queue)], no_ack=True, on_message=_ignore
+                channel, [presence_queue(self.queue, no_declare=True)], no_ack=True, on_message=_ignore
             )
             consumer.consume()  # type: ignore[no-untyped-call]
         except Exception as exc:
             logger.info(
-                "mingle: cannot join the presence queue %s (%r): newcomers will not count this worker",
+                "mingle: cannot join the presence queue %s (%r): newcomers will not count this worker, "
+                "the worker runs on",
                 shown(self.queue),
                 exc,
             )

@@ -116,8 +116,11 @@ def client_app(config: Mapping[str, Any]) -> Any:
     """A Celery app in this process with the same broker and control exchange."""
     from celery import Celery
 
+    from ..wire.compat import exclusive_replies
+
     app = Celery("client")
     app.conf.update({k: v for k, v in config.items() if k != "worker_consumer"})
+    exclusive_replies(app.control.mailbox)  # kombu < 5.6 declares a shared one: RabbitMQ 4.3 refuses it
     return app
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from celery.utils.log import get_logger
 from celery.worker import state as worker_state
+from kombu.entity import Queue
 
 #: The logger of Celery's control commands (stock ``hello`` logs "sync with NODE" there).
 _control_logger = get_logger("celery.worker.control")
@@ -25,6 +26,7 @@ _control_logger = get_logger("celery.worker.control")
 __all__ = [
     "CONTROL_STEP",
     "count_fanout_receivers",
+    "exclusive_replies",
     "hello_reply_without_ids",
     "merge_aged",
     "revoked_ages",
@@ -39,6 +41,50 @@ __all__ = [
 
 #: The name of Celery's remote-control consumer step (where the pidbox node lives).
 CONTROL_STEP = "celery.worker.consumer.control.Control"
+
+
+def _exclusive_reply_queue(self: Any) -> Any:
+    base: Any = type(self).__mro__[1]
+    queue = base.get_reply_queue(self)
+    if queue.exclusive:
+        return queue
+    return Queue(  # type: ignore[no-untyped-call]
+        queue.name,
+        exchange=queue.exchange,
+        routing_key=queue.routing_key,
+        durable=False,
+        exclusive=True,
+        auto_delete=True,
+        expires=queue.expires,
+        message_ttl=queue.message_ttl,
+    )
+
+
+_EXCLUSIVE_CLASSES: dict[type, type] = {}
+
+
+def exclusive_replies(mailbox: Any) -> Any:
+    """Make ``mailbox`` (a kombu ``Mailbox``) collect its replies in an exclusive queue.
+
+    kombu 5.6+ declares its reply queue ``<oid>.reply.<exchange>.pidbox``
+    exclusive; kombu up to 5.5 declares it non-durable and not exclusive, which
+    RabbitMQ 4.3 refuses (541, and the connection closed). On those, this one
+    mailbox object becomes an instance of a subclass whose reply queue is the
+    one kombu 5.6+ declares (same name, exchange, routing key, ``x-expires`` and
+    TTL; exclusive). The copies ``mailbox(connection)`` makes (one per Celery
+    ``broadcast``, each with its own oid) keep that class; no kombu class is
+    changed. Returns the mailbox.
+    """
+    cls = type(mailbox)
+    if cls in _EXCLUSIVE_CLASSES.values() or mailbox.get_reply_queue().exclusive:
+        return mailbox
+    sub = _EXCLUSIVE_CLASSES.get(cls)
+    if sub is None:
+        sub = type(f"Exclusive{cls.__name__}", (cls,), {"get_reply_queue": _exclusive_reply_queue})
+        _EXCLUSIVE_CLASSES[cls] = sub
+    mailbox.__dict__.pop("reply_queue", None)  # computed again, by the subclass
+    mailbox.__class__ = sub
+    return mailbox
 
 
 def sends_ids_only(state: Any = worker_state) -> bool:

@@ -32,14 +32,23 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   its ``revoked``). So an id revoked at T expires at T + expiry everywhere,
   whatever the number of mingles.
 
-- ``"presence": true`` (on AMQP with ``mingle_presence``): the sender will
+- ``"presence_v2": true`` (on AMQP with ``mingle_presence``): the sender will
   consume the presence queue after its mingle, so others need not name it. A
-  worker that consumes that queue adds ``"present": true`` to its reply's
+  worker that consumes that queue adds ``"present_v2": true`` to its reply's
   ``mingle``, and ``"uncounted": [node, ...]`` (``"uncounted_more": true``
   when its list was cut): the nodes it saw that are not counted (stock
   workers, workers without presence). These are not signed: like any reply
   on Redis, where the count is the number of node names, they can end a
   collection early but never add an id (:mod:`mingle_plugins.hello.presence`).
+  (0.1 sent ``presence`` / ``present`` for its own, non-durable queue: the keys
+  changed with the queue, so that each version counts only its own kind.)
+
+- ``"instance": S``: a random token of the sending process. A worker that gets a
+  hello under its own node name with another token (two workers started with
+  one ``-n``) answers ``{"mingle": {"v": 2, "same_name": its token}}`` rather
+  than nothing (stock answers a hello from its own name with ``None``), and
+  both say so (:class:`mingle_plugins.answering.step.SameName`). Not signed: a
+  forged one makes a warning, nothing else.
 
 A stock newcomer never sends ``mingle``, so it always gets a stock reply.
 """
@@ -50,6 +59,7 @@ import hashlib
 import hmac
 import json
 import math
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -62,7 +72,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMPTY_DIGEST",
+    "INSTANCE",
     "VERSION",
+    "same_name_of",
     "DigestCache",
     "ages_digest",
     "digest",
@@ -80,6 +92,9 @@ __all__ = [
 
 #: The version of the extension this package speaks (2: ages, signed send times).
 VERSION = 2
+#: This process's token in its hello requests (``mingle.instance``): two workers under one node
+#: name tell each other apart by it.
+INSTANCE = secrets.token_hex(8)
 
 
 def digest(ids: Iterable[str]) -> str:
@@ -208,6 +223,14 @@ def verify_request(keys: Sequence[str], node: str, revoked: Any, ext: Any) -> st
     return "bad request signature"
 
 
+def same_name_of(body: Any) -> str | None:
+    """The token of another process under this worker's node name, when ``body`` (a reply under
+    that name) is one (``{"mingle": {"same_name": token}}``); else ``None``."""
+    ext = body.get("mingle") if isinstance(body, Mapping) else None
+    token = ext.get("same_name") if isinstance(ext, Mapping) else None
+    return token if isinstance(token, str) and token and token != INSTANCE else None
+
+
 def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloOptions) -> dict[str, Any]:
     """The arguments of this package's ``hello`` broadcast: the stock ones and the ``mingle`` block.
 
@@ -228,7 +251,8 @@ def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloO
     if options.digest:
         ext["want"] = "digest"
     if options.presence_queue:
-        ext["presence"] = True  # this worker will be counted: its neighbours need not name it
+        ext["presence_v2"] = True  # this worker will be counted: its neighbours need not name it
+    ext["instance"] = INSTANCE
     return {"from_node": hostname, "revoked": revoked, "mingle": ext}
 
 

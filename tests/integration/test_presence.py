@@ -32,7 +32,7 @@ def presence_consumers(exchange: str) -> int | None:
     """Consumers of the cluster's presence queue (``None``: no such queue)."""
     for line in _ctl("list_queues", "-q", "name", "consumers").splitlines():
         name, _, consumers = line.partition("\t")
-        if name == f"{exchange}.mingle.presence":
+        if name == f"{exchange}.mingle.presence.v2":
             return int(consumers)
     return None
 
@@ -66,7 +66,7 @@ def test_fast_newcomer_counts_its_fast_neighbours(make_cluster) -> None:
         "mingle: summary: 2 neighbours, 2 accepted, 6 ids merged, 0 dropped by policy, 0 rejected"
     )
     log = newcomer.log()
-    assert f"mingle: 2 neighbours counted in the presence queue {exchange}.mingle.presence" in log
+    assert f"mingle: 2 neighbours counted in the presence queue {exchange}.mingle.presence.v2" in log
     assert (
         "mingle: presence: 2 of 2 counted neighbours and 0 of 0 named ones replied; "
         "ended by the count, without the quiet window"
@@ -142,7 +142,7 @@ def test_presence_is_joined_again_after_a_connection_restart(make_cluster) -> No
     channels = {
         line.split("\t")[1]
         for line in _ctl("list_consumers", "-q", "queue_name", "channel_pid").splitlines()
-        if line.startswith(f"{exchange}.mingle.presence\t")
+        if line.startswith(f"{exchange}.mingle.presence.v2\t")
     }
     assert len(channels) == 1
     connections = {

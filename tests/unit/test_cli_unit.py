@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu.pidbox import Mailbox
 from kombu.transport.memory import Transport as MemoryTransport
 
 from mingle_plugins import cli, get_plugin_manager, hookimpl
@@ -90,6 +91,7 @@ class FakeControl:
     def __init__(self, status: list[dict[str, Any]], ping: list[dict[str, Any]]) -> None:
         self.status, self.ping_replies = status, ping
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.mailbox = Mailbox("celery", type="fanout")  # made exclusive on kombu < 5.6
 
     def broadcast(self, command: str, **kwargs: Any) -> list[dict[str, Any]]:
         self.calls.append((command, kwargs))

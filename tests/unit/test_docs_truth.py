@@ -94,7 +94,8 @@ def test_every_table_row_has_its_header_s_cells() -> None:
 
 def test_the_readme_quotes_no_speedup_of_its_own() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert not re.findall(r"\b\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?x\b", readme), "figures live in performance.md"
+    text = re.sub(r"\]\([^)]*\)", "]()", readme)  # not in link targets ("#rabbitmq-4x")
+    assert not re.findall(r"\b\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?x\b", text), "figures live in performance.md"
     assert "[docs/performance.md](docs/performance.md)" in readme
 
 

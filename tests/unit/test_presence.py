@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from celery.worker.control import Panel
+from kombu.transport.pyamqp import Channel as AmqpChannel
 
 from mingle_plugins.answering.hello import make_hello
 from mingle_plugins.hello.presence import (
@@ -25,7 +26,7 @@ from mingle_plugins.wire.compat import CONTROL_STEP
 
 
 def present(*uncounted: str, more: bool = False) -> dict[str, Any]:
-    ext: dict[str, Any] = {"v": 2, "present": True}
+    ext: dict[str, Any] = {"v": 2, "present_v2": True}
     if uncounted:
         ext["uncounted"] = list(uncounted)
     if more:
@@ -129,7 +130,7 @@ def test_a_reply_that_comes_in_during_a_check_is_judged() -> None:
 
 def test_a_counted_reply_without_the_flag_is_not_counted() -> None:
     rule = PresenceCount(1, Listening())
-    body = {"clock": 1, "revoked": [], "mingle": {"v": 2, "present": "yes", "uncounted": "a@x"}}
+    body = {"clock": 1, "revoked": [], "mingle": {"v": 2, "present_v2": "yes", "uncounted": "a@x"}}
     assert rule.phase({"a@x": body}) == "wait"
 
 
@@ -140,13 +141,13 @@ def test_state_names_the_neighbours_that_are_not_counted() -> None:
     state = PresenceState("q")
     state.saw_request("stock@x", None)
     state.saw_request("default@x", {"v": 2})
-    state.saw_request("fast@x", {"v": 2, "presence": True})
+    state.saw_request("fast@x", {"v": 2, "presence_v2": True})
     state.saw_request("not a name", None)
     state.saw_replies(
         {"old@x": STOCK, "counted@x": present(), "me@x": STOCK, "<malformed reply 1>": {}}, "me@x"
     )
     assert list(state.uncounted) == ["stock@x", "default@x", "old@x"]
-    state.saw_request("stock@x", {"presence": True})  # the name now belongs to a counted worker
+    state.saw_request("stock@x", {"presence_v2": True})  # the name now belongs to a counted worker
     assert "stock@x" not in state.uncounted
     assert state.reply_fields() == {}  # not consuming the queue: says nothing
 
@@ -183,7 +184,7 @@ def test_answer_fields_check_the_names_due_after_the_reply(consumer: Any) -> Non
     soon: list[Any] = []
     consumer.hub = SimpleNamespace(call_soon=lambda fn, *args: soon.append((fn, args)))
     # The reply names both; the check runs after it, in the event loop, once however many hellos.
-    assert state.answer_fields(consumer) == {"present": True, "uncounted": ["gone@x", "new@x"]}
+    assert state.answer_fields(consumer) == {"present_v2": True, "uncounted": ["gone@x", "new@x"]}
     assert state.answer_fields(consumer)["uncounted"] == ["gone@x", "new@x"]
     assert len(soon) == 1 and consumer.connection.channels == []
     fn, args = soon.pop()
@@ -202,7 +203,7 @@ def test_state_keeps_a_bounded_list_and_says_when_it_was_cut() -> None:
         state.saw_request(f"n{i}@x", None)
     state._consumer = object()  # as after join
     fields = state.reply_fields()
-    assert fields["present"] is True and fields["uncounted_more"] is True
+    assert fields["present_v2"] is True and fields["uncounted_more"] is True
     assert fields["uncounted"] == [f"n{i}@x" for i in range(3, MAX_NAMED + 3)]
 
 
@@ -240,16 +241,52 @@ class Refused(Exception):
         self.reply_code = code
 
 
+class FakeClone:
+    """The connection of :func:`declare_apart`: records what it declared."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self.parent, self.kwargs = parent, kwargs
+        self.closed = False
+
+    def __enter__(self) -> FakeClone:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+    def ensure_connection(self, **kwargs: Any) -> None:
+        if self.parent.refuse_apart is not None:
+            raise self.parent.refuse_apart
+
+    def channel(self) -> Any:
+        chan = FakeChannel({})
+        self.parent.apart.append(chan)
+        return chan
+
+    def default_channel(self) -> Any:  # pragma: no cover - kombu's API, unused here
+        return self.channel()
+
+
 def fake_connection(answers: dict[str, Any], driver_type: str = "amqp") -> Any:
     channels: list[FakeChannel] = []
+    conn = SimpleNamespace(
+        channels=channels,
+        transport=SimpleNamespace(driver_type=driver_type),
+        apart=[],
+        clones=[],
+        refuse_apart=None,
+    )
 
     def channel() -> FakeChannel:
         channels.append(FakeChannel(answers))
         return channels[-1]
 
-    return SimpleNamespace(
-        channel=channel, channels=channels, transport=SimpleNamespace(driver_type=driver_type)
-    )
+    def clone(**kwargs: Any) -> FakeClone:
+        conn.clones.append(FakeClone(conn, **kwargs))
+        return conn.clones[-1]
+
+    conn.channel, conn.clone = channel, clone
+    return conn
 
 
 def test_passive_declares_on_a_side_channel() -> None:
@@ -290,24 +327,54 @@ class FakeConsumer:
         self.cancelled = True
 
 
+def record_declare(self: Any, *args: Any, **kwargs: Any) -> None:
+    """``Queue.declare`` on a :class:`FakeChannel`: the queue is recorded."""
+    self.channel.declared_queues = [*getattr(self.channel, "declared_queues", []), self]
+
+
 def test_join_and_leave(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("mingle_plugins.hello.presence.Consumer", FakeConsumer)
-    state = PresenceState("ex.mingle.presence")
+    monkeypatch.setattr("mingle_plugins.hello.presence.Queue.declare", record_declare, raising=False)
+    state = PresenceState("ex.mingle.presence.v2")
     assert not state.join(fake_connection({}, driver_type="redis"))
-    conn = fake_connection({})
+    # Missing (404 on the passive declare): declared on a connection of its own, then consumed
+    # on a channel of the consumer connection without a declare.
+    conn = fake_connection({"ex.mingle.presence.v2": Refused(404)})
     assert state.join(conn) and state.present
+    assert len(conn.clones) == 1 and conn.clones[0].closed
+    (apart,) = conn.apart
+    declared = apart.declared_queues[0]
+    assert (declared.name, declared.durable, declared.auto_delete, declared.exclusive) == (
+        "ex.mingle.presence.v2",
+        True,
+        True,
+        False,
+    )
+    arguments = AmqpChannel.prepare_queue_arguments(None, declared.queue_arguments, expires=declared.expires)
+    assert arguments == {"x-expires": 60000, "x-queue-type": "classic"}
+    assert apart.closed
     consumer = state._consumer
     queue = consumer.queues[0]
-    assert (queue.name, queue.durable, queue.auto_delete) == ("ex.mingle.presence", False, True)
+    assert queue.name == "ex.mingle.presence.v2" and queue.no_declare is True
     assert consumer.kwargs["no_ack"] is True
+    assert conn.channels[0].declared == [("ex.mingle.presence.v2", True)] and conn.channels[0].closed
     state.leave(conn)
-    assert consumer.cancelled and conn.channels[0].closed and not state.present
+    assert consumer.cancelled and conn.channels[1].closed and not state.present
     state.leave(conn)  # twice: nothing to do
+    # It exists: no connection of its own.
+    there = fake_connection({"ex.mingle.presence.v2": 2})
+    assert state.join(there) and not there.clones
+    state.leave(there)
     with caplog.at_level("INFO", "mingle_plugins"):
-        failing = fake_connection({"fail": True})
+        failing = fake_connection({"ex.mingle.presence.v2": 0, "fail": True})
         assert not state.join(failing)
-    assert "mingle: cannot join the presence queue ex.mingle.presence" in caplog.text
-    assert failing.channels[0].closed and not state.present
+        refused = fake_connection({"ex.mingle.presence.v2": Refused(404)})
+        refused.refuse_apart = Refused(541)  # the broker closes that connection: only that one
+        assert not state.join(refused)
+    assert "mingle: cannot join the presence queue ex.mingle.presence.v2" in caplog.text
+    assert "code 541" in caplog.text and refused.clones[0].closed
+    assert len(refused.channels) == 1  # the passive declare only: nothing else on the consumer's
+    assert failing.channels[1].closed and not state.present
 
 
 def test_the_step_is_included_with_presence_and_remote_control() -> None:
@@ -338,7 +405,7 @@ def test_fast_profile_takes_part_unless_told_not_to() -> None:
 
 def test_queue_name_follows_the_control_exchange(consumer: Any) -> None:
     consumer.app.conf.control_exchange = "prod"
-    assert queue_name(consumer.app) == "prod.mingle.presence"
+    assert queue_name(consumer.app) == "prod.mingle.presence.v2"
 
 
 def test_hello_options_and_answers_carry_presence(step: Any, consumer: Any, state: Any) -> None:
@@ -348,9 +415,13 @@ def test_hello_options_and_answers_carry_presence(step: Any, consumer: Any, stat
     assert step.hello_options(consumer).presence_queue == "ex.mingle.presence"
     hello = make_hello(step, Panel.data["hello"])
     pidbox = SimpleNamespace(hostname=consumer.hostname, consumer=consumer, app=consumer.app)
-    assert "present" not in hello(pidbox, "stock@x", revoked=None, mingle={"v": 2})["mingle"]
+    assert "present_v2" not in hello(pidbox, "stock@x", revoked=None, mingle={"v": 2})["mingle"]
     step.presence._consumer = object()  # as after join
-    ext = hello(pidbox, "new@x", revoked=None, mingle={"v": 2, "presence": True})["mingle"]
-    assert ext["present"] is True and ext["uncounted"] == ["stock@x"]
+    ext = hello(pidbox, "new@x", revoked=None, mingle={"v": 2, "presence_v2": True})["mingle"]
+    assert ext["present_v2"] is True and ext["uncounted"] == ["stock@x"]
+    assert "present" not in ext  # 0.1's key: an old newcomer does not count this worker
+    # A worker of 0.1 (its own, old presence queue) is not counted in this one: named.
+    hello(pidbox, "old@x", revoked=None, mingle={"v": 2, "presence": True})
+    assert "old@x" in step.presence.uncounted
     assert "mingle" not in hello(pidbox, "stock2@x", revoked=None)  # a stock request: the stock reply
-    assert list(step.presence.uncounted) == ["stock@x", "stock2@x"]
+    assert list(step.presence.uncounted) == ["stock@x", "old@x", "stock2@x"]
