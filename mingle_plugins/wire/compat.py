@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from itertools import repeat
 from typing import Any
@@ -110,11 +111,43 @@ def merge_aged(revoked_set: Any, ids: Sequence[str], ages: Mapping[str, float]) 
             del fresh[task_id]
         ids, ages_of = list(fresh), list(fresh.values())
     _add_many(revoked_set, list(ids), [now - age for age in ages_of])
-    for task_id in held:
-        stamp = now - ages.get(task_id, 0)
-        if stamp < data[task_id][0]:
-            revoked_set.add(task_id, now=stamp)
+    if held:
+        _restamp_older(revoked_set, held, now, ages)
     return too_old
+
+
+def _restamp_older(revoked_set: Any, held: AbstractSet[str], now: float, ages: Mapping[str, float]) -> None:
+    """Give the ids of ``held`` whose age says they were revoked earlier than their stamp that
+    earlier stamp, as ``revoked_set.add(id, now=stamp)`` would, in one pass.
+
+    ``add`` per id on a full set discards the old entry, pushes the new one and purges (the heap
+    churns: ~0.1 s for 50,000 ids held); here the dict is updated once and the heap rebuilt once.
+    """
+    data = revoked_set._data
+    order = sorted(held)  # the sequence numbers in a fixed order (``held`` is a set)
+    older = [
+        (task_id, stamp)
+        for task_id, stamp in zip(order, [now - a for a in map(ages.get, order, repeat(0))], strict=True)
+        if stamp < data[task_id][0]
+    ]
+    if not older:
+        return
+    sample = data[older[0][0]]
+    sequence = getattr(revoked_set, "_seq", None)
+    entries: dict[str, tuple[Any, ...]]
+    if isinstance(sample, tuple) and len(sample) == 3 and sequence is not None:
+        entries = {task_id: (stamp, next(sequence), task_id) for task_id, stamp in older}
+    elif isinstance(sample, tuple) and len(sample) == 2:
+        entries = {task_id: (stamp, task_id) for task_id, stamp in older}
+    else:  # a LimitedSet of another shape: its own add, one id at a time
+        for task_id, stamp in older:
+            revoked_set.add(task_id, now=stamp)
+        return
+    data.update(entries)
+    heap = revoked_set._heap
+    heap[:] = data.values()  # the replaced entries are gone from the heap, not left behind
+    heapq.heapify(heap)
+    revoked_set.purge()
 
 
 def _add_many(revoked_set: Any, ids: list[str], stamps: list[float]) -> None:
