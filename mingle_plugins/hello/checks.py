@@ -10,9 +10,10 @@ trust) with the reason, which is logged and counted.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, KeysView, Mapping
+from collections.abc import Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -289,6 +290,13 @@ class AlignedAges(Mapping[str, float]):
         self._ids = ids
         self._ages = ages
         self._index: dict[str, float] | None = None
+
+    def aligned(self, ids: Sequence[str]) -> list[int] | None:
+        """The ages of ``ids`` when they are the wire's ids themselves, in order (else ``None``):
+        what the merge reads instead of one lookup per id."""
+        if len(ids) == len(self._ids) and all(map(operator.is_, ids, self._ids)):
+            return self._ages
+        return None
 
     def _table(self) -> dict[str, float]:
         if self._index is None:
