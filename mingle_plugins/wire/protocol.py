@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ..model import HelloOptions
@@ -257,7 +257,9 @@ def extend_reply(
         ext["digest"], ext["count"] = digest_of() if digest_of else _digest_and_count(revoked)
         out["revoked"] = type(revoked or [])()  # [] or {}, as this Celery sends
     else:
-        carried = reply_ids(revoked)
+        # The reply's own list when it holds strings only (a copy of 50,000 ids less at the peak).
+        usual = type(revoked) is list and set(map(type, revoked)) <= {str}
+        carried = cast("list[str]", revoked) if usual else reply_ids(revoked)
         if ages is not None and "ages" in request:
             ext["ages"] = ages(carried)
             # Packed only with the ages: they replace the stamps a 5.3-5.6 dict carries.
