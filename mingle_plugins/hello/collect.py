@@ -521,7 +521,14 @@ def _fetch_full_lists(
     verdicts: Verdicts,
 ) -> None:
     """The digest round: one verified full list per digest this node does not have, into ``replies``."""
-    own = protocol.digest(protocol.reply_ids(revoked))
+    own_ids = protocol.reply_ids(revoked)
+    own: dict[int, str] = {}  # by digest version, each made once, when a claim of it comes
+
+    def own_digest(version: int) -> str:
+        if version not in own:
+            own[version] = protocol.digest_by_version(own_ids, version)
+        return own[version]
+
     grouped: set[str] = set()
     fetched: dict[str, str] = {}  # digest -> the node whose full list was taken
     for _ in range(2):  # once more for digests whose reply came in while the lists were fetched
@@ -529,7 +536,12 @@ def _fetch_full_lists(
         for node in list(replies):
             kept = verdicts.kept.get(node)
             claim = kept.extension if kept is not None else {}
-            if node in grouped or claim.get("digest") in (None, own) or not claim.get("count"):
+            if (
+                node in grouped
+                or claim.get("digest") is None
+                or not claim.get("count")
+                or claim.get("digest") == own_digest(protocol.claim_version(claim))
+            ):
                 continue
             grouped.add(node)
             digest = str(claim["digest"])

@@ -199,7 +199,8 @@ class MingleRound:
         if reply is not None:
             claim = promised.extension
             carried = reply.carried or reply.ids
-            if protocol.digest(carried) != claim.get("digest") or len(carried) != claim.get("count"):
+            listed = protocol.digest_by_version(carried, protocol.claim_version(claim))
+            if listed != claim.get("digest") or len(carried) != claim.get("count"):
                 problem = f"a list of {len(carried)} ids that is not the list of its digest"
         if problem:  # the verdict on the node stands; this body is dropped and counted
             logger.debug("mingle: dropped a full list under the name %s: %s", shown(nodename), problem)
