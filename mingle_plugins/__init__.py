@@ -9,26 +9,80 @@ entry-point group.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .client.revoking import RevokeOutcome, revoke
-from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
-from .markers import ENTRY_POINT_GROUP, fail_closed, hookimpl, hookspec
-from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, ReplySource, Verdicts, WorkerConsumer
-from .parsers import (
-    Parser,
-    boolean,
-    choice,
-    names,
-    optional_seconds,
-    positive_int,
-    seconds,
-    setting,
-    text,
-    transport_option_seconds,
-)
-from .plugins.loader import MinglePluginManager, PluginRecord, get_plugin_manager
-from .settings import MingleSettings, SettingsRegistry, load_settings
+if TYPE_CHECKING:
+    from .client.revoking import RevokeOutcome, revoke
+    from .errors import MingleError, PluginLoadError, RejectReply, SettingsError
+    from .markers import ENTRY_POINT_GROUP, fail_closed, hookimpl, hookspec
+    from .model import HelloOptions, MingleSummary, NodeOutcome, Reply, ReplySource, Verdicts, WorkerConsumer
+    from .parsers import (
+        Parser,
+        boolean,
+        choice,
+        names,
+        optional_seconds,
+        positive_int,
+        seconds,
+        setting,
+        text,
+        transport_option_seconds,
+    )
+    from .plugins.loader import MinglePluginManager, PluginRecord, get_plugin_manager
+    from .settings import MingleSettings, SettingsRegistry, load_settings
+
+#: Where each public name lives. Imported on first use (PEP 562): ``import mingle_plugins``
+#: (done by every ``celery`` command, through the ``celery mingle`` entry point) costs nothing
+#: until a name is used; a worker imports what its consumer needs.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(["RevokeOutcome", "revoke"], ".client.revoking"),
+    **dict.fromkeys(["MingleError", "PluginLoadError", "RejectReply", "SettingsError"], ".errors"),
+    **dict.fromkeys(["ENTRY_POINT_GROUP", "fail_closed", "hookimpl", "hookspec"], ".markers"),
+    **dict.fromkeys(
+        [
+            "HelloOptions",
+            "MingleSummary",
+            "NodeOutcome",
+            "Reply",
+            "ReplySource",
+            "Verdicts",
+            "WorkerConsumer",
+        ],
+        ".model",
+    ),
+    **dict.fromkeys(
+        [
+            "Parser",
+            "boolean",
+            "choice",
+            "names",
+            "optional_seconds",
+            "positive_int",
+            "seconds",
+            "setting",
+            "text",
+            "transport_option_seconds",
+        ],
+        ".parsers",
+    ),
+    **dict.fromkeys(["MinglePluginManager", "PluginRecord", "get_plugin_manager"], ".plugins.loader"),
+    **dict.fromkeys(["MingleSettings", "SettingsRegistry", "load_settings"], ".settings"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -232,7 +232,12 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     def hello_options(self, c: Any) -> HelloOptions:
         """The settings, tuned by ``mingle_tune_hello`` and ``mingle_expected_replies``."""
         s = self.settings
-        options = HelloOptions(timeout=s.hello_timeout, quiet_window=s.quiet_window, max_clock=s.max_clock)
+        options = HelloOptions(
+            timeout=s.hello_timeout,
+            quiet_window=s.quiet_window,
+            max_clock=s.max_clock,
+            answer_wait=s.answer_wait or None,
+        )
         for _ in self.runner.each(
             "mingle_tune_hello", app=c.app, driver_type=self.driver_type, options=options, settings=s
         ):
@@ -247,8 +252,9 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             nonce=secrets.token_hex(16) if s.hmac_keys else None,
             signing_key=s.hmac_keys[0] if s.hmac_keys else None,
             presence_queue=self.presence.queue,
+            answer_wait=s.answer_wait or None,
         )
-        for name in ("timeout", "quiet_window", "polling_interval"):
+        for name in ("timeout", "quiet_window", "polling_interval", "answer_wait"):
             value = getattr(options, name)
             try:
                 setattr(checked, name, None if value is None else parse_seconds(value))

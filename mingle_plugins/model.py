@@ -75,6 +75,10 @@ class HelloOptions:
             transports whose direct-exchange bindings live in each process's
             memory (kombu's ``pgmq``), where replies sent to the stock reply
             exchange are dropped. ``None``: the stock reply exchange and queue.
+        answer_wait: when the broker says how many nodes received the broadcast (the
+            Redis PUBLISH count) and fewer answered, wait for them up to this many
+            seconds after the hello, past ``timeout`` (``mingle_answer_wait``).
+            ``None``: end at ``timeout`` as stock (``mingle_answer_wait = 0``).
         presence_queue: on AMQP with ``mingle_presence``, the presence queue this
             worker joins after its mingle (:mod:`mingle_plugins.hello.presence`); the
             hello request says so (``mingle.presence_v2``). With ``count_receivers``
@@ -83,7 +87,7 @@ class HelloOptions:
             neighbours they name) replied. ``None``: no presence.
 
     .. versionchanged:: 0.2
-       ``presence_queue``, ``reconcile``.
+       ``presence_queue``, ``reconcile``, ``answer_wait``.
     """
 
     timeout: float = 1.0
@@ -98,6 +102,7 @@ class HelloOptions:
     signing_key: str | None = field(default=None, repr=False)
     reply_queue: str | None = None
     presence_queue: str | None = None
+    answer_wait: float | None = None
 
     def allow_late_replies(self, window: float, reply_polling_interval: float | None = None) -> None:
         """For polling transports, whose neighbours answer up to ``window`` s after the hello.

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .errors import SettingsError, UnknownSetting, closest
 from .parsers import (
+    Parser,
     boolean,
     choice,
     fraction,
@@ -112,6 +113,13 @@ class MingleSettings:
         "after the hello at the latest. Not used when the number of replies is known. "
         "`None`: stock's idle timeout.",
         optional_seconds,
+    )
+    answer_wait: float = setting(
+        10.0,
+        "On Redis, the hello's PUBLISH says how many nodes received it: while fewer of them "
+        "answered, the collection waits past `mingle_hello_timeout` for the others, up to this many "
+        "seconds after the hello (never longer). `0`: give up at the timeout, as stock.",
+        Parser(lambda value: parse_seconds(value, zero=True), "a number of seconds >= 0", "seconds"),
     )
     expect_replies: bool = setting(
         False,

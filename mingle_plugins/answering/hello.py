@@ -72,7 +72,8 @@ def _aged_since_sent(reply: Reply) -> Reply:
 def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the stock ``hello`` handler: the request's ids go through the reply path."""
     digests = protocol.DigestCache()  # this worker's: its ids are hashed once per change
-    buckets = reconcile.BucketCache()  # the same, for the reconciled full lists
+    reconciled = reconcile.BucketCache()  # the buckets of the reconciled full lists
+    buckets = protocol.BucketDigestCache()  # the bucketed digest: only the changed buckets
 
     def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
         with gc_paused():  # lists of 50,000 ids both ways: see mingle_plugins.wire.bulk
@@ -112,7 +113,8 @@ def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable
             step.settings.hmac_keys,
             ages=lambda ids: compat.revoked_ages(revoked_set, ids),
             digest_of=lambda: digests.of(compat.revoked_stamps_view(revoked_set).keys()),
-            buckets_of=lambda count: buckets.of(compat.revoked_stamps_view(revoked_set).keys(), count),
+            buckets_of=lambda count: reconciled.of(compat.revoked_stamps_view(revoked_set).keys(), count),
+            bucketed_of=lambda: buckets.of(compat.revoked_stamps_view(revoked_set).keys()),
         )
         # Outside the signature: a count that ends a collection early, as any reply can on Redis.
         extended["mingle"].update(step.presence.answer_fields(state.consumer))

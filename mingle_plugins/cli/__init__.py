@@ -23,16 +23,19 @@ Which plugin claims a transport is decided in :mod:`mingle_plugins.plugins.diagn
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..client.status import print_status, query_status
-from . import check, demo, plugins, revoke, status
-from .check import EX_BROKEN, EX_OK, check_app
 from .errors import EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, MingleGroup
-from .plugins import describe_plugins
+
+if TYPE_CHECKING:
+    from ..client.status import print_status, query_status
+    from .check import EX_BROKEN, EX_OK, check_app
+    from .plugins import describe_plugins
 
 __all__ = [
     "EX_BROKEN",
@@ -48,15 +51,56 @@ __all__ = [
     "query_status",
 ]
 
+#: Each command: the module that defines it (``cli.check`` is the module, ``check.check`` the command).
+COMMANDS: dict[str, str] = {
+    "plugins": "plugins",
+    "check": "check",
+    "status": "status",
+    "revoke": "revoke",
+    "demo": "demo",
+}
 
-@click.group(name="mingle", cls=MingleGroup)
+# Every ``celery`` start (a worker's too) loads the ``celery.commands`` entry points, this
+# module among them: it imports click only, and a command's module (and with it the rest of
+# this package) when that command is run or listed.
+_LAZY: dict[str, str] = {
+    "print_status": "..client.status",
+    "query_status": "..client.status",
+    "EX_BROKEN": ".check",
+    "EX_OK": ".check",
+    "check_app": ".check",
+    "describe_plugins": ".plugins",
+}
+
+
+class LazyGroup(MingleGroup):
+    """The ``celery mingle`` group (an unknown command exits 64), whose commands are imported
+    when run or listed, not when it is loaded."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            module = importlib.import_module(f".{COMMANDS[cmd_name]}", __name__)
+            command = getattr(module, cmd_name)
+            assert isinstance(command, click.Command)
+            self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+@click.group(name="mingle", cls=LazyGroup)
 def mingle() -> None:
     """celery-mingle-plugins: the pluggable Mingle step (plugins, check, status, revoke, demo)."""
-
-
-# The modules keep their names (``cli.check`` is the module, not the command).
-for _command in (plugins.plugins, check.check, status.status, revoke.revoke, demo.demo):
-    mingle.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:  # pragma: no cover - convenience

@@ -16,8 +16,6 @@ import click
 from celery.bin.base import CeleryCommand
 from kombu.utils.url import maybe_sanitize_url
 
-from ..hello.checks import InvalidReply, ReplyLimits, check_nodename, valid_ids
-
 __all__ = [
     "EX_SOFTWARE",
     "EX_UNAVAILABLE",
@@ -118,6 +116,8 @@ def reach_broker(app: Any, timeout: float) -> None:
 def check_task_ids(ids: tuple[str, ...], max_id_length: int) -> None:
     """Refuse (exit 64) task ids the workers would refuse: the core's own check
     (:func:`~mingle_plugins.hello.checks.valid_ids`, ``mingle_max_id_length``)."""
+    from ..hello.checks import ReplyLimits, valid_ids  # not at import: see mingle_plugins.cli
+
     _, problems = valid_ids(ids, ReplyLimits(max_ids=2**31, max_id_length=max_id_length, max_clock=0))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -126,6 +126,8 @@ def check_task_ids(ids: tuple[str, ...], max_id_length: int) -> None:
 
 def check_destinations(names: tuple[str, ...]) -> None:
     """Refuse (exit 64) a ``--destination`` that is not a node name (``name@host``)."""
+    from ..hello.checks import InvalidReply, check_nodename
+
     for name in names:
         try:
             check_nodename(name)

@@ -10,9 +10,10 @@ trust) with the reason, which is logged and counted.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +237,7 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
     carried = tuple(protocol.reply_ids(revoked))
     problems: list[str] = []
     stamps: dict[str, float] | None = None
-    ages: dict[str, float] | None = None
+    ages: Mapping[str, float] | None = None
     if isinstance(revoked, dict):
         stamps = {}
         for task_id, value in revoked.items():
@@ -254,8 +255,9 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
     else:
         kept, problems = valid_ids(revoked, limits)
         if raw_ages is not None:
-            ages = _aged(list(revoked), raw_ages, set(kept), problems)
-            kept = [task_id for task_id in kept if task_id in ages]
+            ages = _aged(revoked if isinstance(revoked, list) else list(revoked), raw_ages, kept, problems)
+            if not isinstance(ages, AlignedAges):  # an id whose age is bad was dropped
+                kept = [task_id for task_id in kept if task_id in ages]
         ids = tuple(dict.fromkeys(kept))  # a repeated id counts once
     return Reply(
         name,
@@ -272,10 +274,59 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
     )
 
 
-def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[str]) -> dict[str, float]:
+class AlignedAges(Mapping[str, float]):
+    """``{id: age}`` over the wire's two aligned lists, ids and ages, without a copy of them.
+
+    A reply of 50,000 ids would otherwise get its own dict of 50,000 ages at arrival (a
+    newcomer keeps every neighbour's verdict until its round ends: 8 neighbours, 8 dicts,
+    ~20% more peak memory than stock). The lookup table is built on the first lookup by id,
+    which the merge makes only for the ids it has not seen yet (usually one reply's). As a
+    dict built from the pairs, a repeated id has its last age.
+    """
+
+    __slots__ = ("_ages", "_ids", "_index")
+
+    def __init__(self, ids: list[str], ages: list[int]) -> None:
+        self._ids = ids
+        self._ages = ages
+        self._index: dict[str, float] | None = None
+
+    def aligned(self, ids: Sequence[str]) -> list[int] | None:
+        """The ages of ``ids`` when they are the wire's ids themselves, in order (else ``None``):
+        what the merge reads instead of one lookup per id."""
+        if len(ids) == len(self._ids) and all(map(operator.is_, ids, self._ids)):
+            return self._ages
+        return None
+
+    def _table(self) -> dict[str, float]:
+        if self._index is None:
+            self._index = dict(zip(self._ids, self._ages, strict=True))
+        return self._index
+
+    def __getitem__(self, task_id: str) -> float:
+        return self._table()[task_id]
+
+    def get(self, task_id: str, default: Any = None) -> Any:
+        return self._table().get(task_id, default)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._table()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[str]) -> Mapping[str, float]:
     """``{id: age}`` for the valid ids whose age is valid; a bad age drops its id (counted)."""
     if raw_ages and set(map(type, raw_ages)) == {int} and 0 <= min(raw_ages) and max(raw_ages) < 10**12:
+        if not problems:  # every id valid, every age valid: the wire's lists as they are
+            return AlignedAges(revoked, raw_ages)
+        valid = valid if isinstance(valid, (set, frozenset, KeysView)) else set(valid)
         return {i: a for i, a in zip(revoked, raw_ages, strict=True) if type(i) is str and i in valid}
+    valid = valid if isinstance(valid, (set, frozenset, KeysView)) else set(valid)
     ages: dict[str, float] = {}
     for task_id, age in zip(revoked, raw_ages, strict=True):
         if type(task_id) is not str or task_id not in valid:

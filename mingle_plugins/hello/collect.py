@@ -99,6 +99,8 @@ class HelloCollector:
             self.reply_queue = Queue(options.reply_queue, exclusive=True, auto_delete=True)  # type: ignore[no-untyped-call]
         #: ticket -> the kept replies of that request, by node name
         self._requests: dict[str, dict[str, Any]] = {}
+        #: ticket -> how many reply messages came for it (kept, rejected or malformed): answers
+        self._answers: dict[str, int] = {}
         #: tickets of full-list requests, whose replies are checked against their digest
         self._full_lists: set[str] = set()
         #: nodes whose full list arrived and was not the one promised
@@ -150,6 +152,7 @@ class HelloCollector:
         replies = self._requests.get(ticket)
         if replies is None:
             return
+        self._answers[ticket] = self._answers.get(ticket, 0) + 1
         bodies = read_reply_message(message)
         if isinstance(bodies, Malformed):
             self._add_malformed(replies, bodies)
@@ -189,8 +192,10 @@ class HelloCollector:
 
     def _on_decode_error(self, message: Any, exc: Exception) -> None:
         # kombu calls this instead of ``_on_message`` for a message it marked as broken.
-        replies = self._requests.get(message.headers.get("ticket"))
+        ticket = message.headers.get("ticket")
+        replies = self._requests.get(ticket)
         if replies is not None:
+            self._answers[ticket] = self._answers.get(ticket, 0) + 1
             self._add_malformed(replies, Malformed(decode_error_reason(exc)))
 
     def _publish(
@@ -368,6 +373,7 @@ class HelloCollector:
             rule = self._presence_count(own)  # before the hello: a neighbour counted later still answers
         with compat.count_fanout_receivers(self.connection, self.chan) as receivers:
             self._publish(dict(arguments), destination, ticket, timeout)
+        reached = sum(receivers) if receivers and not destination else None
         if destination:
             expected = len(destination)
         elif expected is None and options.count_receivers and receivers:
@@ -375,6 +381,10 @@ class HelloCollector:
             logger.debug("mingle: the hello reached %d subscribers", expected)
         if expected == 0:
             return replies
+        # Never deaf: the nodes the broker says received the broadcast are waited for past the
+        # timeout while they have not all answered, up to answer_wait after the hello, never longer.
+        answer_wait = options.answer_wait if reached else None
+        waiting_logged = False
         self._consume()
         started = last_reply = time.monotonic()
         seen = 0
@@ -422,6 +432,20 @@ class HelloCollector:
                 until = min(last_reply + options.quiet_window, started + timeout)  # type: ignore[operator]
             else:
                 until = last_reply + timeout
+            if answer_wait is not None and overrun is None and reached is not None:
+                answers = max(len(replies), self._answers.get(ticket, 0))
+                if answers < reached and until < started + answer_wait:
+                    if not waiting_logged and time.monotonic() >= until:
+                        waiting_logged = True
+                        logger.info(
+                            "mingle: %d of the %d nodes that received the hello answered within %gs: "
+                            "waiting up to %gs after the hello for the others (mingle_answer_wait)",
+                            answers,
+                            reached,
+                            timeout,
+                            answer_wait,
+                        )
+                    until = started + answer_wait
             wait = until - time.monotonic()
             if wait <= 0:
                 break
@@ -433,7 +457,15 @@ class HelloCollector:
             _log_presence(rule, phase, replies)
         heard = expected if expected is not None else (rule.counted if rule is not None else 0)
         heard -= own in replies  # this worker's own pidbox (a consumer restart) heard it too
-        if again and not destination and heard and not replies.keys() - {own}:
+        if waiting_logged:
+            answers = max(len(replies), self._answers.get(ticket, 0))
+            logger.info(
+                "mingle: %d of the %d nodes that received the hello answered, %.1fs after it",
+                answers,
+                reached,
+                time.monotonic() - started,
+            )
+        if again and answer_wait is None and not destination and heard and not replies.keys() - {own}:
             # The broker says nodes got the hello, and none answered in time: busy, as when many
             # workers start at once (each takes the hellos one after the other). Once more, with
             # twice the time, rather than start with nothing; a late reply to the first counts too.
@@ -512,8 +544,14 @@ def _fetch_full_lists(
     """The digest round: one verified full list per digest this node does not have, into
     ``replies``; with ``reconciled``, only the ids it lacks where it holds most of them."""
     own_ids = protocol.reply_ids(revoked)
-    own = protocol.digest(own_ids)
+    own: dict[int, str] = {}  # by digest version, each made once, when a claim of it comes
     held: list[str] | None = own_ids if reconciled and len(own_ids) >= reconcile.MIN_HELD else None
+
+    def own_digest(version: int) -> str:
+        if version not in own:
+            own[version] = protocol.digest_by_version(own_ids, version)
+        return own[version]
+
     grouped: set[str] = set()
     fetched: dict[str, str] = {}  # digest -> the node whose full list was taken
     for _ in range(2):  # once more for digests whose reply came in while the lists were fetched
@@ -521,7 +559,12 @@ def _fetch_full_lists(
         for node in list(replies):
             kept = verdicts.kept.get(node)
             claim = kept.extension if kept is not None else {}
-            if node in grouped or claim.get("digest") in (None, own) or not claim.get("count"):
+            if (
+                node in grouped
+                or claim.get("digest") is None
+                or not claim.get("count")
+                or claim.get("digest") == own_digest(protocol.claim_version(claim))
+            ):
                 continue
             grouped.add(node)
             digest = str(claim["digest"])

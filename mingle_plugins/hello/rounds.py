@@ -206,7 +206,8 @@ class MingleRound:
                 else:
                     carried = whole
             if not problem and (
-                protocol.digest(carried) != claim.get("digest") or len(carried) != claim.get("count")
+                protocol.digest_by_version(carried, protocol.claim_version(claim)) != claim.get("digest")
+                or len(carried) != claim.get("count")
             ):
                 problem = f"a list of {len(carried)} ids that is not the list of its digest"
         if problem:  # the verdict on the node stands; this body is dropped and counted
@@ -358,13 +359,13 @@ class MingleRound:
             if ages is not None:
                 aged.update(zip(new, map(ages.get, new, repeat(0)), strict=True))
                 if len(new) < len(kept):  # an id known already keeps the older revoke time of the two
-                    compat.merge_aged(revoked_set, [i for i in kept if i in held], ages)
+                    compat.merge_aged(revoked_set, [i for i in kept if i in held], ages, unique=True)
             elif stamps is not None:
                 pending.update(zip(new, map(stamps.get, new), strict=True))
             else:
                 pending.update(dict.fromkeys(new))
         elif ages is not None:
-            compat.merge_aged(revoked_set, kept, ages)
+            compat.merge_aged(revoked_set, kept, ages, unique=True)
         else:
             compat.merge_ids(self.consumer.controller.state, kept, reply.stamps)
         self.cpu += time.process_time() - cpu
@@ -428,7 +429,7 @@ class MingleRound:
         state = self.consumer.controller.state
         if self.pending or self.pending_aged:
             logger.debug("mingle: bulk merge of %d new ids", len(self.pending) + len(self.pending_aged))
-            compat.merge_aged(state.revoked, list(self.pending_aged), self.pending_aged)
+            compat.merge_aged(state.revoked, list(self.pending_aged), self.pending_aged, unique=True)
             stamps = {i: s for i, s in self.pending.items() if s is not None}
             compat.merge_ids(state, list(self.pending), stamps or None)
             self.pending, self.pending_aged = {}, {}

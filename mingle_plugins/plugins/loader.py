@@ -13,10 +13,10 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
 
 import pluggy
-from importlib_metadata import EntryPoint, entry_points
 
 from .. import hookspecs
 from ..errors import PluginLoadError

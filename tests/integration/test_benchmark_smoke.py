@@ -17,6 +17,7 @@ from tests.support import services
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "mingle_bench.py"
 ROLLOUT = SCRIPT.with_name("rollout_bench.py")
+JUDGE = SCRIPT.with_name("judge.py")
 VARIANTS = ("stock", "default", "fast")
 
 
@@ -113,3 +114,39 @@ def test_tiny_rollout_prints_a_well_formed_table(tmp_path: Path) -> None:
             assert len(n["hello_waits_s"]) == 2 and None not in n["hello_waits_s"], n  # both took it
     names = [n["nodename"] for r in rounds for n in r["newcomer_results"]]
     assert len(set(names)) == len(names)  # new node names each round
+
+
+@pytest.mark.redis
+def test_the_judge_quick_run_prints_its_tables_and_leaves_no_key(tmp_path: Path) -> None:
+    """``judge.py --quick``: one cluster per variant, each on its own Redis database; every
+    newcomer heard its neighbour, the ratio rows are ours / stock, and the run's keys are gone."""
+    import redis
+
+    services.require("redis")
+    out_json = tmp_path / "judge.json"
+    lines = run_script(JUDGE, ["--quick", "--json", str(out_json)])
+
+    header, rows = table(lines, "| broker | N | R | variant | ready ms |")
+    assert [row[3] for row in rows] == list(VARIANTS)
+    for row in rows:
+        cell = dict(zip(header, row, strict=True))
+        assert (cell["broker"], cell["N"], cell["R"]) == ("redis", "1", "0")
+        low, median, high = (float(v) for v in cell["ready ms"].split(" / "))
+        assert 0 < low <= median <= high
+        assert cell["heard"] == "1", row  # no "!": the newcomer heard its neighbour
+    _, ratio_rows = table(lines, "| broker | N | R | variant | ready |")
+    assert [row[3] for row in ratio_rows] == ["default", "fast"]
+    assert "Deaf newcomers (heard fewer neighbours than were started): 0" in lines
+
+    data = json.loads(out_json.read_text())
+    assert data["meta"]["command"].startswith("judge.py --quick")
+    assert sorted(m["variant"] for m in data["measurements"]) == sorted(VARIANTS)
+    assert all(not m["deaf"] and m["ready_ms"] > m["mingle_ms"] for m in data["measurements"])
+    assert {r["variant"] for r in data["ratios"]} == {"default", "fast"}
+    tags = {m["nodename"].split("-")[-1].split("@")[0] for m in data["measurements"]}
+    for db in range(16):  # the run's keys (its tag is in every name) were deleted
+        client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{db}")
+        try:
+            assert not any(any(tag in key.decode() for tag in tags) for key in client.scan_iter(count=1000))
+        finally:
+            client.close()

@@ -126,7 +126,8 @@ def test_a_hello_request_with_bad_ids_merges_only_its_valid_ones(make_cluster, r
 def test_a_counted_hello_nobody_answered_in_time_is_sent_once_more(make_cluster, redis_url: str) -> None:
     """Many workers starting at once keep every neighbour busy past the 1 s hello timeout: the
     broker says the hello was received, so the newcomer asks again instead of starting with
-    nothing (here: the only neighbour frozen for 1.4 s)."""
+    nothing (here: the only neighbour frozen for 1.4 s). That is the path without
+    ``mingle_answer_wait`` (which waits instead: tests/integration/test_never_deaf.py)."""
     import os
     import signal
     import threading
@@ -137,7 +138,9 @@ def test_a_counted_hello_nobody_answered_in_time_is_sent_once_more(make_cluster,
     os.killpg(busy.proc.pid, signal.SIGSTOP)
     thaw = threading.Timer(1.4, os.killpg, (busy.proc.pid, signal.SIGCONT))
     try:
-        newcomer = cluster.start("new@fast", wait=False, loglevel="DEBUG")
+        newcomer = cluster.start(
+            "new@fast", wait=False, loglevel="DEBUG", conf={**FAST, "mingle_answer_wait": 0}
+        )
         newcomer.wait_for("mingle: searching")
         thaw.start()
         newcomer.wait_ready()

@@ -40,7 +40,8 @@ KEY = "differential-key-" + "k" * 16
 HONEST = [f"honest{i}@x" for i in range(4)]
 HOSTILE = "hostile-listener@y"
 TIMEOUT = 0.3  # mingle_hello_timeout: small, so that forged claims cost little
-BOUND = 12 * TIMEOUT + 3.0  # the wall time a mingle may take, whatever the hostile node does
+ANSWER_WAIT = 2 * TIMEOUT  # mingle_answer_wait: the hostile listener is counted and may never answer
+BOUND = 12 * TIMEOUT + ANSWER_WAIT + 3.0  # the wall time a mingle may take, whatever the hostile node does
 
 Answer = Callable[[dict[str, Any]], list[tuple[float, Any]]]
 
@@ -225,6 +226,7 @@ def _mingle(
     conf = hood.app.conf
     conf.mingle_profile = "fast" if fast else "stock"
     conf.mingle_hello_timeout = TIMEOUT
+    conf.mingle_answer_wait = ANSWER_WAIT
     conf.mingle_hmac_keys = [KEY] if cluster["signing"] else []
     conf.mingle_trusted_nodes = [*HONEST, "me@diff"] if cluster["trust"] else None
     worker_state.revoked.clear()

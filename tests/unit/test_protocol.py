@@ -140,3 +140,47 @@ def test_a_full_list_travels_packed_with_its_ages_when_asked() -> None:
         {"revoked": {"a": [1.0, "a"]}, "clock": 3}, {"want": "full", "packed": True}, "n@x", ()
     )
     assert stamped["revoked"] == {"a": [1.0, "a"]} and "ids" not in stamped["mingle"]
+
+
+def test_the_bucketed_digest_is_order_free_and_kept_up_to_date_per_change() -> None:
+    import random
+    import uuid
+
+    from mingle_plugins.wire.protocol import EMPTY_BUCKETED_DIGEST, BucketDigestCache, bucketed_digest
+
+    ids = [str(uuid.uuid4()) for _ in range(2000)] + ["a", "", "ab\nc", "é-unicode", "\udcff-surrogate"]
+    shuffled = random.sample(ids, len(ids))
+    assert bucketed_digest(ids) == bucketed_digest(shuffled) != digest(ids)
+    assert bucketed_digest(ids[1:]) != bucketed_digest(ids)
+    assert bucketed_digest(()) == EMPTY_BUCKETED_DIGEST
+    held = dict.fromkeys(ids, 0)
+    cache = BucketDigestCache()
+    assert cache.of(held.keys()) == (bucketed_digest(ids), len(ids))  # the first fill: one pass
+    for step in range(30):  # revokes and expiries, a few at a time: only their buckets rehashed
+        for task_id in random.sample(list(held), 3):
+            del held[task_id]
+        for _ in range(step % 4):
+            held[str(uuid.uuid4())] = 0
+        assert cache.of(held.keys()) == (bucketed_digest(list(held)), len(held))
+    held[7] = 0  # a non-string id (a stock revoke of an integer) is not in the digest
+    assert cache.of(held.keys()) == (bucketed_digest([i for i in held if isinstance(i, str)]), len(held) - 1)
+    assert cache.of(set()) == (EMPTY_BUCKETED_DIGEST, 0)
+
+
+def test_a_digest_request_gets_the_bucketed_digest_only_when_it_asks_for_it() -> None:
+    from mingle_plugins.wire.protocol import bucketed_digest, claim_version, digest_by_version
+
+    ids = ["x1", "x2", "y3"]
+    both = {
+        "digest_of": lambda: (digest(ids), 3),
+        "bucketed_of": lambda: (bucketed_digest(ids), 3),
+    }
+    old = extend_reply({"revoked": ids, "clock": 1}, {"v": 2, "want": "digest"}, "n@x", (), **both)
+    assert old["mingle"]["digest"] == digest(ids) and "dv" not in old["mingle"]  # an earlier newcomer
+    assert claim_version(old["mingle"]) == 2
+    new = extend_reply({"revoked": ids, "clock": 1}, {"v": 2, "want": "digest", "dv": 3}, "n@x", (), **both)
+    assert new["mingle"]["digest"] == bucketed_digest(ids) and new["mingle"]["dv"] == 3
+    assert digest_by_version(ids, claim_version(new["mingle"])) == new["mingle"]["digest"]
+    # a neighbour of an earlier release has no bucketed_of: the sorted digest, without dv
+    plain = extend_reply({"revoked": ids, "clock": 1}, {"v": 2, "want": "digest", "dv": 3}, "n@x", ())
+    assert plain["mingle"]["digest"] == digest(ids) and claim_version(plain["mingle"]) == 2
