@@ -201,21 +201,32 @@ def ready_time(path: Path) -> float | None:
     return None
 
 
-def newcomer(cluster: Cluster, variant: str, n: int, revoked: int) -> Result:
-    name = f"new-{variant}-{uuid.uuid4().hex[:6]}@many"
+@dataclass
+class Measured:
+    """One newcomer, from process start to ``ready.``."""
+
+    start_to_ready_ms: float
+    mingle_ms: float  # first to last ``mingle:`` line
+    rx_bytes: int  # TCP bytes received in the mingle window
+    cpu_ms: float  # utime+stime from process start to ``ready.`` (10 ms ticks)
+    heard: int  # N of "mingle: sync with N nodes"
+
+
+def measure(cluster: Cluster, name: str, timeout: float = 180, **start: Any) -> Measured:
+    """Start a newcomer (``start``: keywords of :meth:`Cluster.start`), measure it, kill it."""
     started = time.time()
-    worker = cluster.start(name, wait=False, **VARIANTS[variant])
+    worker = cluster.start(name, wait=False, **start)
     sampler = Sampler(worker, 0.002)
     sampler.start()
     try:
-        if not sampler.ready.wait(180):
+        if not sampler.ready.wait(timeout):
             worker.wait_ready(1)
             raise RuntimeError(f"{name}: ready, but its log was not sampled ({sampler.error})")
         cpu_ms = proc_cpu_ticks(worker.pid) * 1000 / CLK_TCK
         sampler.join(5)
         wall_ms, rx, _rchar, _cpu, heard, _lag = summarise(sampler)
         ready = ready_time(worker.log_path) or time.time()
-        return Result(n, revoked, variant, (ready - started) * 1000, wall_ms, rx, cpu_ms, heard)
+        return Measured((ready - started) * 1000, wall_ms, rx, cpu_ms, heard)
     finally:
         sampler.stop_flag.set()
         cluster.stop_node(name, signal.SIGKILL)
@@ -223,10 +234,15 @@ def newcomer(cluster: Cluster, variant: str, n: int, revoked: int) -> Result:
         worker.out_path.unlink(missing_ok=True)
 
 
+def newcomer(cluster: Cluster, variant: str, n: int, revoked: int) -> Result:
+    m = measure(cluster, f"new-{variant}-{uuid.uuid4().hex[:6]}@many", **VARIANTS[variant])
+    return Result(n, revoked, variant, m.start_to_ready_ms, m.mingle_ms, m.rx_bytes, m.cpu_ms, m.heard)
+
+
 # -- the report ------------------------------------------------------------------
 
 
-def _mmm(values: Sequence[float], scale: float = 1.0, digits: int = 0) -> str:
+def mmm(values: Sequence[float], scale: float = 1.0, digits: int = 0) -> str:
     if not values:
         return "-"
     lo, med, hi = min(values) / scale, statistics.median(values) / scale, max(values) / scale
@@ -249,9 +265,9 @@ def report(results: Sequence[Result]) -> str:
             medians[(n, rv, variant)] = statistics.median(r.start_to_ready_ms for r in rs)
             heard = ", ".join(f"{r.heard}{'!' if r.heard < n else ''}" for r in rs)
             out.append(
-                f"| {n} | {rv} | {variant} | {_mmm([r.start_to_ready_ms for r in rs])} "
-                f"| {_mmm([r.mingle_ms for r in rs])} | {_mmm([r.rx_bytes for r in rs], 1024, 1)} "
-                f"| {_mmm([r.cpu_ms for r in rs])} | {heard} |"
+                f"| {n} | {rv} | {variant} | {mmm([r.start_to_ready_ms for r in rs])} "
+                f"| {mmm([r.mingle_ms for r in rs])} | {mmm([r.rx_bytes for r in rs], 1024, 1)} "
+                f"| {mmm([r.cpu_ms for r in rs])} | {heard} |"
             )
     out += [
         "",

@@ -24,11 +24,9 @@ import argparse
 import json
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from many_neighbours import free_redis_db, ready_time
-from mingle_bench import Sampler, code_state, summarise
+from many_neighbours import free_redis_db, measure, mmm
+from mingle_bench import code_state
 
 from mingle_plugins.testkit import Cluster
 
@@ -66,30 +64,10 @@ def copy_statedb(source: Path, target: Path) -> None:
 def newcomer(
     cluster: Cluster, n: int, revoked: int, missing: int | None, reconcile: bool, statedb: Path | None
 ) -> Result:
-    name = f"new-{uuid.uuid4().hex[:6]}@rec"
-    started = time.time()
-    worker = cluster.start(name, wait=False, conf={**FAST, "mingle_reconcile": reconcile}, statedb=statedb)
-    sampler = Sampler(worker, 0.002)
-    sampler.start()
-    try:
-        if not sampler.ready.wait(120):
-            worker.wait_ready(1)
-            raise RuntimeError(f"{name}: ready, but its log was not sampled ({sampler.error})")
-        sampler.join(5)
-        wall_ms, rx, _rchar, _cpu, heard, _lag = summarise(sampler)
-        ready = ready_time(worker.log_path) or time.time()
-        variant = "reconciled" if reconcile else "full list"
-        return Result(n, revoked, missing, variant, wall_ms, rx, (ready - started) * 1000, heard)
-    finally:
-        sampler.stop_flag.set()
-        cluster.stop_node(name, signal.SIGKILL)
-        worker.log_path.unlink(missing_ok=True)
-        worker.out_path.unlink(missing_ok=True)
-
-
-def _mmm(values: Sequence[float], scale: float = 1.0, digits: int = 0) -> str:
-    lo, med, hi = min(values) / scale, statistics.median(values) / scale, max(values) / scale
-    return f"{lo:.{digits}f} / {med:.{digits}f} / {hi:.{digits}f}"
+    conf = {**FAST, "mingle_reconcile": reconcile}
+    m = measure(cluster, f"new-{uuid.uuid4().hex[:6]}@rec", timeout=120, conf=conf, statedb=statedb)
+    variant = "reconciled" if reconcile else "full list"
+    return Result(n, revoked, missing, variant, m.mingle_ms, m.rx_bytes, m.start_to_ready_ms, m.heard)
 
 
 def report(results: Sequence[Result]) -> str:
@@ -117,8 +95,8 @@ def report(results: Sequence[Result]) -> str:
             )
             heard = ", ".join(f"{r.heard}{'!' if r.heard < n else ''}" for r in rs)
             out.append(
-                f"| {n} | {rv} | {held} | {variant} | {_mmm([r.mingle_ms for r in rs])} "
-                f"| {_mmm([r.rx_bytes for r in rs], 1024, 1)} | {_mmm([r.start_to_ready_ms for r in rs])} "
+                f"| {n} | {rv} | {held} | {variant} | {mmm([r.mingle_ms for r in rs])} "
+                f"| {mmm([r.rx_bytes for r in rs], 1024, 1)} | {mmm([r.start_to_ready_ms for r in rs])} "
                 f"| {heard} |"
             )
         if len(med) == 2:
