@@ -8,7 +8,9 @@ state db holds all but M. Newcomers start, interleaved, ``--repeat`` times each:
 - ``missing M, reconciled``: a copy of that state db, ``mingle_reconcile = True`` (the default);
 - ``missing M, full list``: the same copy, ``mingle_reconcile = False`` (this package before
   reconciliation: the one full list of the fast profile);
-- ``missing all, reconciled`` / ``missing all, full list``: no state db (a new worker).
+- ``missing all, ...``: no state db (a new worker);
+- with ``--baseline-python``, ``baseline fast``: the fast profile of an earlier release installed
+  in another virtualenv (0.1.0, before reconciliation), with the same copy.
 
 Measured per newcomer (see benchmarks/README.md for how): the mingle window (first to last
 ``mingle:`` log line), the TCP bytes it received in that window, and process start to ``ready.``.
@@ -48,7 +50,7 @@ class Result:
     neighbours: int
     revoked: int
     missing: int | None  # None: the newcomer holds nothing
-    variant: str  # "reconciled" or "full list"
+    variant: str  # a key of VARIANTS
     mingle_ms: float
     rx_bytes: int
     start_to_ready_ms: float
@@ -61,12 +63,28 @@ def copy_statedb(source: Path, target: Path) -> None:
         shutil.copy(path, target.parent / (target.name + path.name[len(source.name) :]))
 
 
+#: The variants: the settings of the newcomer, and whether it runs the ``--baseline-python``.
+VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
+    "reconciled": ({**FAST, "mingle_reconcile": True}, False),
+    "full list": ({**FAST, "mingle_reconcile": False}, False),
+    "baseline fast": (FAST, True),
+}
+
+
 def newcomer(
-    cluster: Cluster, n: int, revoked: int, missing: int | None, reconcile: bool, statedb: Path | None
+    cluster: Cluster,
+    n: int,
+    revoked: int,
+    missing: int | None,
+    variant: str,
+    statedb: Path | None,
+    baseline: str | None,
 ) -> Result:
-    conf = {**FAST, "mingle_reconcile": reconcile}
-    m = measure(cluster, f"new-{uuid.uuid4().hex[:6]}@rec", timeout=120, conf=conf, statedb=statedb)
-    variant = "reconciled" if reconcile else "full list"
+    conf, old = VARIANTS[variant]
+    start: dict[str, Any] = {"conf": conf, "statedb": statedb}
+    if old:
+        start["python"] = baseline
+    m = measure(cluster, f"new-{uuid.uuid4().hex[:6]}@rec", timeout=120, **start)
     return Result(n, revoked, missing, variant, m.mingle_ms, m.rx_bytes, m.start_to_ready_ms, m.heard)
 
 
@@ -76,12 +94,12 @@ def report(results: Sequence[Result]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     cases = sorted({(r.neighbours, r.revoked, r.missing or 0) for r in results})
-    ratios = ["", "| N | R | newcomer holds | rx: reconciled / full list | mingle: reconciled / full list |"]
-    ratios.append("|---|---|---|---|---|")
+    ratios = ["", "| N | R | newcomer holds | against | rx: reconciled / it | mingle: reconciled / it |"]
+    ratios.append("|---|---|---|---|---|---|")
     for n, rv, missing in cases:
         held = f"all but {missing}" if missing else "nothing"
         med: dict[str, tuple[float, float]] = {}
-        for variant in ("reconciled", "full list"):
+        for variant in VARIANTS:
             rs = [
                 r
                 for r in results
@@ -99,9 +117,10 @@ def report(results: Sequence[Result]) -> str:
                 f"| {mmm([r.rx_bytes for r in rs], 1024, 1)} | {mmm([r.start_to_ready_ms for r in rs])} "
                 f"| {heard} |"
             )
-        if len(med) == 2:
-            (rx_r, ms_r), (rx_f, ms_f) = med["reconciled"], med["full list"]
-            ratios.append(f"| {n} | {rv} | {held} | {rx_r / rx_f:.4f} | {ms_r / ms_f:.2f} |")
+        for base in ("full list", "baseline fast"):
+            if "reconciled" in med and base in med:
+                (rx_r, ms_r), (rx_b, ms_b) = med["reconciled"], med[base]
+                ratios.append(f"| {n} | {rv} | {held} | {base} | {rx_r / rx_b:.4f} | {ms_r / ms_b:.2f} |")
     return "\n".join(out + ratios + ["", "`!`: heard fewer neighbours than were started."])
 
 
@@ -115,6 +134,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--missing", type=ints, default=[10])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--baseline-python",
+        help="the interpreter of a virtualenv with an earlier release (e.g. 0.1.0): its fast "
+        "profile is the variant 'baseline fast' (the same neighbours, the same state db)",
+    )
     p.add_argument("--quick", action="store_true", help="R=5,000, 1 repeat")
     args = p.parse_args(argv)
     if args.quick:
@@ -148,18 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise RuntimeError(f"{holder} does not hold the {upto} ids")
                 cluster.stop_node(holder)  # warm shutdown: its state db keeps them
             cluster.revoke(ids[given:], timeout=300)
-            plan: list[tuple[int | None, bool]] = []
-            for missing in args.missing:
-                plan += [(missing, True), (missing, False)]
-            plan += [(None, True), (None, False)]
+            variants = [v for v in VARIANTS if args.baseline_python or not VARIANTS[v][1]]
+            plan: list[tuple[int | None, str]] = []
+            for missing in [*args.missing, None]:
+                plan += [(missing, v) for v in variants]
             for rep in range(args.repeat):
                 random.shuffle(plan)
-                for missing, reconcile in plan:
+                for missing, variant in plan:
                     statedb = None
                     if missing is not None:
                         statedb = root / f"copy-{uuid.uuid4().hex[:6]}.state"
                         copy_statedb(statedbs[missing], statedb)
-                    r = newcomer(cluster, args.neighbours, args.revoked, missing, reconcile, statedb)
+                    r = newcomer(
+                        cluster,
+                        args.neighbours,
+                        args.revoked,
+                        missing,
+                        variant,
+                        statedb,
+                        args.baseline_python,
+                    )
                     results.append(r)
                     print(
                         f"[#{rep + 1}] holds {'all but ' + str(missing) if missing else 'nothing':14} "
