@@ -45,6 +45,7 @@ from .checks import (
     check_reply,
     check_trust,
     reply_limits,
+    share_wire_lists,
     shown,
 )
 
@@ -182,6 +183,7 @@ class MingleRound:
             self.summary.nodes.pop(name, None)
         self.kept[name] = reply
         self._bodies[name] = body
+        share_wire_lists(body, reply)
         return reply
 
     def judge_full(self, nodename: str, body: Any) -> Reply | None:
