@@ -580,7 +580,8 @@ def _fetch_full_lists(
             random.shuffle(nodes)
         # Holding most of the ids already (a state db, a store, a reconnect): ask only for the
         # buckets that differ (mingle_plugins.wire.reconcile); a list asked again is a full one.
-        claimed = max(int(verdicts.kept[n].extension.get("count") or 0) for ns in groups.values() for n in ns)
+        counts = [verdicts.kept[n].extension.get("count") for ns in groups.values() for n in ns]
+        claimed = max((c for c in counts if type(c) is int), default=0)  # a claim is not checked
         offered = reconcile.offer(held, claimed) if held is not None else None
         have = offered[0] if offered is not None else None
         got = collector.fetch_full_lists(

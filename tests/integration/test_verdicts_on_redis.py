@@ -167,7 +167,8 @@ class Scenario:
             out += [(0.0, {node: forged}) for node in names]
         if want == "digest":
             for i in range(cluster["forged_digests"]):
-                claim = {"v": protocol.VERSION, "digest": protocol.digest([f"evil-{i}"]), "count": 1}
+                count: Any = "one" if i == 1 else 1  # a claim's count is not checked: never trusted
+                claim = {"v": protocol.VERSION, "digest": protocol.digest([f"evil-{i}"]), "count": count}
                 out.append((0.0, {f"forged{i}@y": {"revoked": [], "clock": 3, "mingle": claim}}))
         if cluster["trust"] or self.signing:
             out.append((0.0, {"evil@y": {"revoked": ["evil-own"], "clock": 3}}))
