@@ -44,7 +44,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 STORE_PHASE = "store"
 
 TROUBLE = re.compile(
-    r"Unrecoverable error|cannot join the presence queue|PRECONDITION_FAILED|541|hello failed"
+    # "(541) INTERNAL_ERROR" as py-amqp words a refusal; not a bare 541, which ids and tickets hold
+    r"Unrecoverable error|cannot join the presence queue|PRECONDITION_FAILED|\(541\)|INTERNAL_ERROR"
+    r"|hello failed"
 )
 
 

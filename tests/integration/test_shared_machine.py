@@ -48,9 +48,11 @@ def test_a_database_someone_else_uses_is_never_taken_nor_flushed() -> None:
 
 
 def test_no_free_database_is_a_clear_skip() -> None:
+    """A clear skip, or with MINGLE_TESTS_REQUIRE_SERVICES (CI) a clear failure."""
+    expected = pytest.fail.Exception if services.services_required() else pytest.skip.Exception
     with services.redis_db() as url:
         db = _db(url)
-        with pytest.raises(pytest.skip.Exception, match=rf"no free Redis database in {db}\.\.{db}"):
+        with pytest.raises(expected, match=rf"no free Redis database in {db}\.\.{db}"):
             with services.redis_db(range(db, db + 1)):
                 pass  # pragma: no cover
 
