@@ -14,7 +14,7 @@ import operator
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, KeysView, Mapping, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -285,7 +285,7 @@ class AlignedAges(Mapping[str, float]):
     newcomer keeps every neighbour's verdict until its round ends: 8 neighbours, 8 dicts,
     ~20% more peak memory than stock). The lookup table is built on the first lookup by id,
     which the merge makes only for the ids it has not seen yet (usually one reply's). As a
-    dict built from the pairs, a repeated id has its last age.
+    id sent twice, a repeated id has the older of its ages (a repeat never makes an id younger).
     """
 
     __slots__ = ("_ages", "_ids", "_index")
@@ -305,6 +305,8 @@ class AlignedAges(Mapping[str, float]):
     def _table(self) -> dict[str, float]:
         if self._index is None:
             self._index = dict(zip(self._ids, self._ages, strict=True))
+            if len(self._index) != len(self._ids):  # a repeated id: its oldest age
+                self._index = _oldest(zip(self._ids, self._ages, strict=True))
         return self._index
 
     def __getitem__(self, task_id: str) -> float:
@@ -354,7 +356,8 @@ def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[st
         if not problems:  # every id valid, every age valid: the wire's lists as they are
             return AlignedAges(revoked, raw_ages)
         valid = valid if isinstance(valid, (set, frozenset, KeysView)) else set(valid)
-        return {i: a for i, a in zip(revoked, raw_ages, strict=True) if type(i) is str and i in valid}
+        pairs = zip(revoked, raw_ages, strict=True)
+        return _oldest((i, a) for i, a in pairs if type(i) is str and i in valid)
     valid = valid if isinstance(valid, (set, frozenset, KeysView)) else set(valid)
     ages: dict[str, float] = {}
     for task_id, age in zip(revoked, raw_ages, strict=True):
@@ -362,9 +365,18 @@ def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[st
             continue
         if _age_problem(age):
             problems.append(f"age {age!r:.60} is not a number of seconds >= 0")
-        else:
-            ages[task_id] = age
+        elif task_id not in ages or age > ages[task_id]:
+            ages[task_id] = age  # an id sent twice: the older of its valid ages
     return ages
+
+
+def _oldest(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """``{id: age}`` of the pairs; an id given twice gets the older of its ages."""
+    out: dict[str, float] = {}
+    for task_id, age in pairs:
+        if task_id not in out or age > out[task_id]:
+            out[task_id] = age
+    return out
 
 
 def _unpacked(revoked: Any, packed: Any, limits: ReplyLimits) -> Any:

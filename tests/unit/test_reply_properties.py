@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -116,12 +117,27 @@ def test_any_reply_merges_every_valid_id_or_nothing(bounded_step: Mingle, consum
             ages = None
         if isinstance(ages, list) and revoked:  # sent with ages: every id not older than the expiry
             expires = state.revoked.expires
-            revoked = [
-                i
-                for i, age in zip(revoked, ages, strict=True)
-                if valid(i, age=age) and (not expires or age < expires)
-            ]
+            oldest: dict[str, Any] = {}  # an id sent twice has the older of its valid ages
+            for i, age in zip(revoked, ages, strict=True):
+                if valid(i, age=age) and (i not in oldest or age > oldest[i]):
+                    oldest[i] = age
+            revoked = [i for i, age in oldest.items() if not expires or age < expires]
         elif revoked:
             revoked = [i for i in revoked if valid(i)]
         # Every valid id of an accepted reply is merged; the invalid ones are dropped alone.
         assert set(revoked or ()) <= after_ids
+
+
+def test_an_id_sent_twice_has_the_older_of_its_ages(bounded_step: Mingle, consumer: Any) -> None:
+    """A repeat never makes an id younger: sent at ages 0 and 20,000 s (the expiry is 10,800 s),
+    it is too old; sent at ages 5 and 100 s, it is merged, stamped 100 s ago."""
+    state = consumer.controller.state
+    state.revoked.clear()
+    body = {"revoked": ["twice-old", "twice-young", "twice-old", "twice-young"], "clock": 1}
+    body["mingle"] = {"v": 2, "ages": [0, 5, 20_000, 100]}
+    with bounded_step.mingle_round(consumer) as rnd:
+        rnd.reply("node@x", body)
+    assert "twice-old" not in state.revoked
+    assert "twice-young" in state.revoked
+    stamp = state.revoked._data["twice-young"][0]
+    assert 99 <= time.monotonic() - stamp <= 110
