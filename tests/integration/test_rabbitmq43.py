@@ -93,7 +93,9 @@ def test_a_refused_presence_queue_costs_presence_only(tmp_path: Path) -> None:
             new.wait_for("mingle: summary: 1 neighbours, 1 accepted, 1 ids merged")
             assert set(ids) <= cluster.revoked("b@refused")
             for worker in (first, new):
-                worker.wait_for(CANNOT_JOIN + r" \S+ \(.*541.*\): newcomers will not count this worker")
+                # The proxy answers with connection.close(541); a worker may see the socket closed
+                # before it reads that frame: any reason, one line, and the worker runs on.
+                worker.wait_for(CANNOT_JOIN + r" \S+ \(.+\): newcomers will not count this worker")
                 log = worker.log()
                 assert log.count(CANNOT_JOIN) == 1 and "Unrecoverable" not in log
                 assert connections(worker) == 1, worker.tail()  # the consumer connection stayed
