@@ -582,8 +582,7 @@ def _fetch_full_lists(
         # buckets that differ (mingle_plugins.wire.reconcile); a list asked again is a full one.
         counts = [verdicts.kept[n].extension.get("count") for ns in groups.values() for n in ns]
         claimed = max((c for c in counts if type(c) is int), default=0)  # a claim is not checked
-        offered = reconcile.offer(held, claimed) if held is not None else None
-        have = offered[0] if offered is not None else None
+        have = reconcile.offer(held, claimed) if held is not None else None
         got = collector.fetch_full_lists(
             protocol.full_list_request(hostname, arguments, have),
             groups,

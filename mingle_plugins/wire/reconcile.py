@@ -119,14 +119,13 @@ class BucketCache:
         return made
 
 
-def offer(held: Collection[str], claimed: int) -> tuple[dict[str, Any], Buckets] | None:
-    """The ``have`` block of a full-list request, and the buckets it was made of; ``None``
-    when a full list is as cheap: fewer than :data:`MIN_HELD` ids held, or fewer than half
-    of the largest count a neighbour claimed."""
+def offer(held: Collection[str], claimed: int) -> dict[str, Any] | None:
+    """The ``have`` block of a full-list request; ``None`` when a full list is as cheap: fewer
+    than :data:`MIN_HELD` ids held, or fewer than half of the largest count a neighbour claimed."""
     if len(held) < MIN_HELD or 2 * len(held) < claimed:
         return None
     buckets = Buckets.of(held, bucket_count(max(len(held), claimed)))
-    return {"buckets": buckets.count, "digests": base64.b64encode(buckets.digests).decode()}, buckets
+    return {"buckets": buckets.count, "digests": base64.b64encode(buckets.digests).decode()}
 
 
 def _parse_have(have: Any) -> tuple[int, bytes] | None:
@@ -158,12 +157,7 @@ def answer(have: Any, buckets_of: Any) -> tuple[list[str], dict[str, Any]] | Non
         return None
     count, theirs = parsed
     mine: Buckets = buckets_of(count)
-    sent = [
-        i
-        for i in range(count)
-        if mine.digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
-        != theirs[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
-    ]
+    sent = [i for i in range(count) if mine.digest(i) != theirs[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]]
     if 2 * len(sent) > count:
         return None
     ids = [task_id for i in sent for task_id in mine.ids[i]]

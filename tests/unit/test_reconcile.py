@@ -62,11 +62,10 @@ def test_offer_only_when_it_saves() -> None:
     many = {f"id-{n}" for n in range(5000)}
     assert reconcile.offer(few, 1000) is None  # a full list of a few ids costs little
     assert reconcile.offer(many, 20_000) is None  # we hold under half of what they claim
-    offered = reconcile.offer(many, 5000)
-    assert offered is not None
-    have, buckets = offered
-    assert have["buckets"] == buckets.count == reconcile.bucket_count(5000)
-    assert len(base64.b64decode(str(have["digests"]))) == buckets.count * reconcile.DIGEST_BYTES
+    have = reconcile.offer(many, 5000)
+    assert have is not None
+    assert have["buckets"] == reconcile.bucket_count(5000)
+    assert base64.b64decode(str(have["digests"])) == reconcile.Buckets.of(many, have["buckets"]).digests
 
 
 def test_malformed_blocks_are_read_as_none_or_a_problem() -> None:
