@@ -5,6 +5,8 @@ handler merges with no check. Here they take the path every reply takes
 (:class:`~mingle_plugins.hello.rounds.MingleRound`: checks, trust, ``mingle_on_reply``,
 the merge policies, the installed Celery's merge), as a :class:`Reply` whose
 ``source`` is ``"request"``; the stock handler then answers with ``revoked=None``.
+A push (``mingle.push``: the ids a withheld broadcast did not carry,
+:mod:`mingle_plugins.hello.push`) is merged the same way and answered by nobody.
 A request of this package's extension (``mingle``) gets a digest (kept by a
 :class:`~mingle_plugins.wire.protocol.DigestCache` between hellos), the ids' ages
 and a signature (:mod:`mingle_plugins.wire.protocol`); a stock request gets the
@@ -91,6 +93,14 @@ def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable
                 # Another process under this name: say so to it, and here (stock answers None).
                 step.same_name.heard(state.hostname, twin, "sent a hello")
                 return {"mingle": {"v": protocol.VERSION, "same_name": protocol.INSTANCE}}
+        elif isinstance(mingle, Mapping) and mingle.get("push") is True:
+            # Ids only, after a withheld broadcast (mingle_plugins.hello.push): no reply asked.
+            skip = mingle.get("skip")
+            if isinstance(skip, list) and state.hostname in skip:
+                logger.debug("mingle: ids of %s skipped: sent what this worker lacked", shown(from_node))
+            elif revoked:
+                take_request_ids(step, state.consumer, from_node, revoked, mingle)
+            return None
         else:
             step.presence.saw_request(from_node, mingle)
             if revoked:

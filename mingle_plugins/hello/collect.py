@@ -22,6 +22,7 @@ from ..model import HelloOptions, Verdicts
 from ..wire import compat, protocol, reconcile
 from .checks import Malformed, body_problem, decode_error_reason, malformed_label, shown
 from .presence import PresenceCount, SideChannel
+from .push import plan_push
 
 __all__ = ["HelloCollector", "hello_exchange", "read_reply_message"]
 
@@ -115,6 +116,8 @@ class HelloCollector:
         self._saved_interval: Any = None
         #: passive declares (the presence count, named nodes' pidbox queues), on AMQP only
         self._side: SideChannel | None = None
+        #: how many subscribers the broker says received the last broadcast (``None``: it does not say)
+        self.reached: int | None = None
 
     def __enter__(self) -> HelloCollector:
         transport = self.connection.transport
@@ -224,6 +227,18 @@ class HelloCollector:
                 self.reply_queue,
                 timeout,
             )
+
+    def push(self, arguments: Mapping[str, Any], destination: list[str] | None, timeout: float) -> None:
+        """Send ``hello`` with ``arguments`` to ``destination`` (or to all), no reply asked."""
+        compat.publish_hello(
+            self.mailbox,
+            self.chan,
+            arguments,
+            destination,
+            None,
+            timeout,
+            Producer(self.chan, auto_declare=False),  # type: ignore[no-untyped-call]
+        )
 
     def _side_channel(self) -> SideChannel:
         if self._side is None:
@@ -374,6 +389,8 @@ class HelloCollector:
         with compat.count_fanout_receivers(self.connection, self.chan) as receivers:
             self._publish(dict(arguments), destination, ticket, timeout)
         reached = sum(receivers) if receivers and not destination else None
+        if not destination:
+            self.reached = reached
         if destination:
             expected = len(destination)
         elif expected is None and options.count_receivers and receivers:
@@ -517,41 +534,111 @@ def hello_exchange(
     """The whole hello: one broadcast, then, with ``options.digest``, the full
     lists from one kept node per digest this node does not have yet.
 
+    With ``options.reconcile`` and 1,000 held ids or more, the broadcast withholds them and
+    each neighbour is sent the ids it lacks afterwards (:mod:`mingle_plugins.hello.push`).
+
     :param verdicts: the round's verdicts (the ``verdicts`` argument of
         ``mingle_send_hello``): each body is judged as it arrives, only kept
         bodies count and are returned. ``None``: every first body under a name.
     """
-    app, connection = consumer.app, consumer.connection
-    arguments = protocol.hello_request(consumer.hostname, revoked, consumer.controller.state.revoked, options)
+    app, connection, hostname = consumer.app, consumer.connection, consumer.hostname
+    state = consumer.controller.state
+    held = protocol.reply_ids(revoked)
+    withhold = bool(
+        options.digest and options.reconcile and verdicts is not None and len(held) >= reconcile.MIN_HELD
+    )
+    if withhold:
+        arguments = protocol.hello_request(
+            hostname, compat.no_revoked_for_hello(state), state.revoked, options, withheld=len(held)
+        )
+    else:
+        arguments = protocol.hello_request(hostname, revoked, state.revoked, options)
+    own_digest = _OwnDigests(held)
     with HelloCollector(app, connection, options, verdicts) as collector:
         replies = collector.ask(arguments)
+        fetched: dict[str, str] = {}
         if options.digest and verdicts is not None:
-            _fetch_full_lists(
-                consumer.hostname, collector, replies, revoked, arguments, verdicts, options.reconcile
+            fetched = _fetch_full_lists(
+                hostname, collector, replies, held, own_digest, arguments, verdicts, options.reconcile
             )
+        if withhold:
+            assert verdicts is not None
+            _push_held(consumer, collector, replies, held, own_digest, fetched, verdicts, options)
     return replies
+
+
+class _OwnDigests:
+    """This worker's digest of ``ids`` by digest version, each made once, when a claim of it comes."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self._made: dict[int, str] = {}
+
+    def __call__(self, version: int) -> str:
+        if version not in self._made:
+            self._made[version] = protocol.digest_by_version(self.ids, version)
+        return self._made[version]
+
+
+def _push_held(
+    consumer: Any,
+    collector: HelloCollector,
+    replies: Mapping[str, Any],
+    held: list[str],
+    own_digest: _OwnDigests,
+    fetched: Mapping[str, str],
+    verdicts: Verdicts,
+    options: HelloOptions,
+) -> None:
+    """After a withheld broadcast: the ids each known neighbour lacks, to it; every held id to
+    the nodes whose set is not known (:mod:`mingle_plugins.hello.push`)."""
+    hostname = consumer.hostname
+    state = consumer.controller.state
+    plan = plan_push(  # a rejected reply is a node not known: the broadcast count says so
+        held,
+        verdicts.kept,
+        list(replies),
+        fetched,
+        own_digest,
+        collector.reached,
+        hostname,
+        protocol.claim_version,
+    )
+    wait = options.answer_wait or options.timeout * FULL_LIST_PATIENCE
+    for nodes, ids in plan.directed:
+        subset = compat.revoked_subset_for_hello(state, ids)
+        collector.push(protocol.push_request(hostname, subset, state.revoked, options), nodes, wait)
+        shown_nodes = ", ".join(map(shown, nodes))[:200]
+        logger.debug("mingle: sent %d ids to %s, which lack them", len(ids), shown_nodes)
+    if plan.unknown:
+        every = compat.revoked_for_hello(state)
+        collector.push(protocol.push_request(hostname, every, state.revoked, options, plan.known), None, wait)
+    lacking = sum(len(ids) * len(nodes) for nodes, ids in plan.directed)
+    logger.info(
+        "mingle: the hello withheld the %d ids held: %d ids sent to the %d of %d known neighbours "
+        "that lack them%s",
+        len(held),
+        lacking,
+        sum(len(nodes) for nodes, _ in plan.directed),
+        len(plan.known),
+        f"; all {len(held)} sent to the others ({plan.unknown})" if plan.unknown else "",
+    )
 
 
 def _fetch_full_lists(
     hostname: str,
     collector: HelloCollector,
     replies: dict[str, Any],
-    revoked: Any,
+    own_ids: list[str],
+    own_digest: _OwnDigests,
     arguments: Mapping[str, Any],
     verdicts: Verdicts,
     reconciled: bool = False,
-) -> None:
+) -> dict[str, str]:
     """The digest round: one verified full list per digest this node does not have, into
-    ``replies``; with ``reconciled``, only the ids it lacks where it holds most of them."""
-    own_ids = protocol.reply_ids(revoked)
-    own: dict[int, str] = {}  # by digest version, each made once, when a claim of it comes
+    ``replies``; with ``reconciled``, only the ids it lacks where it holds most of them.
+    Returns ``{digest: node}``, the node whose list was taken for each digest."""
     held: list[str] | None = own_ids if reconciled and len(own_ids) >= reconcile.MIN_HELD else None
-
-    def own_digest(version: int) -> str:
-        if version not in own:
-            own[version] = protocol.digest_by_version(own_ids, version)
-        return own[version]
-
     grouped: set[str] = set()
     fetched: dict[str, str] = {}  # digest -> the node whose full list was taken
     for _ in range(2):  # once more for digests whose reply came in while the lists were fetched
@@ -573,7 +660,7 @@ def _fetch_full_lists(
             else:
                 groups.setdefault(digest, []).append(node)
         if not groups:
-            return
+            return fetched
         for nodes in groups.values():
             # In a random order: when many newcomers start at once, the full lists are served by
             # all the nodes that share a digest, not all by the one that answers first.
@@ -598,3 +685,4 @@ def _fetch_full_lists(
                 shown(source),
                 len(groups[digest]),
             )
+    return fetched

@@ -251,6 +251,20 @@ def revoked_for_hello(state: Any) -> Any:
     return state.revoked._data  # the stamp dict, as stock 5.3 to 5.6
 
 
+def revoked_subset_for_hello(state: Any, ids: Sequence[str]) -> Any:
+    """The ``ids`` of this node's revoked set (those it still holds) in the installed Celery's
+    hello format, as :func:`revoked_for_hello` sends the whole set."""
+    data = state.revoked._data
+    if sends_ids_only(state):
+        return [task_id for task_id in ids if task_id in data]
+    return {task_id: data[task_id] for task_id in ids if task_id in data}
+
+
+def no_revoked_for_hello(state: Any) -> Any:
+    """An empty revoked set in the installed Celery's hello format."""
+    return [] if sends_ids_only(state) else {}
+
+
 def merge_ids(state: Any, ids: Sequence[str], stamps: Mapping[str, float] | None) -> None:
     """Merge ``ids`` into the worker's revoked set as the installed Celery merges a reply.
 
@@ -272,11 +286,12 @@ def publish_hello(
     chan: Any,
     arguments: Mapping[str, Any],
     destination: Sequence[str] | None,
-    ticket: str,
+    ticket: str | None,
     timeout: float,
     producer: Any,
 ) -> None:
-    """kombu's private ``Mailbox._publish`` of ``hello``: what Celery's broadcast sends."""
+    """kombu's private ``Mailbox._publish`` of ``hello``: what Celery's broadcast sends
+    (``ticket`` ``None``: no reply asked)."""
     mailbox._publish(
         "hello",
         dict(arguments),

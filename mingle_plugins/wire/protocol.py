@@ -31,6 +31,16 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   digests of the ids the newcomer holds; the reply then carries only the ids of the
   buckets that differ and ``mingle.partial = {"buckets": B, "sent": [...]}``
   (:mod:`mingle_plugins.wire.reconcile`: the method, and how the newcomer checks it).
+- ``"withheld": N`` (the broadcast of a fast-profile newcomer that holds 1,000 ids or more,
+  with ``mingle_reconcile``): the request carries none of its ``N`` ids (``revoked`` empty), so
+  that no neighbour decodes, checks and merges them before it answers. Once the digest round
+  has shown what each neighbour holds, the newcomer sends each one the ids it lacks
+  (:func:`push_request`), and its whole set to every node whose set it does not know.
+- ``"push": true, "skip": [node, ...]`` (no reply asked, no ``want``): a request that only
+  carries ids (signed as any request, with a nonce of its own). A worker of this package merges
+  them as it merges a hello's, unless its name is in ``skip`` (the nodes that were sent what
+  they lack already); stock Celery and earlier releases merge them as a hello's ids (they
+  ignore ``skip``: an id they hold is only restamped) and answer nobody, as no reply is asked.
 - ``"ages": [A, ...]``: the age of each id the request carries, in seconds
   since it was revoked (the same on every host, unlike ``time.monotonic()``
   stamps); a neighbour running this package merges the ids with those ages,
@@ -95,6 +105,7 @@ __all__ = [
     "full_list_request",
     "hello_request",
     "pack_ids",
+    "push_request",
     "reply_ids",
     "sign",
     "sign_request",
@@ -347,28 +358,57 @@ def same_name_of(body: Any) -> str | None:
     return token if isinstance(token, str) and token and token != INSTANCE else None
 
 
-def hello_request(hostname: str, revoked: Any, revoked_set: Any, options: HelloOptions) -> dict[str, Any]:
+def hello_request(
+    hostname: str, revoked: Any, revoked_set: Any, options: HelloOptions, withheld: int | None = None
+) -> dict[str, Any]:
     """The arguments of this package's ``hello`` broadcast: the stock ones and the ``mingle`` block.
 
     Neighbours running this package merge our ids with their ages and answer with theirs;
-    stock neighbours ignore the block (their ``hello`` takes ``**kwargs``).
+    stock neighbours ignore the block (their ``hello`` takes ``**kwargs``). ``withheld``: the
+    number of ids held and not sent (``revoked`` is then empty; :func:`push_request` sends
+    them after the digest round).
     """
-    from . import compat  # compat imports Celery's worker state: not needed by the wire helpers
-
-    ages = compat.revoked_ages(revoked_set, reply_ids(revoked))
-    ext: dict[str, Any] = {"v": VERSION, "ages": ages}
-    if options.nonce:
-        ext["nonce"] = options.nonce
-        if options.signing_key:
-            ext["sent_at"] = sent_at = time.time()
-            ext["request_signature"] = sign_request(
-                options.signing_key, options.nonce, hostname, revoked, sent_at, ages
-            )
+    ext = _request_ext(hostname, revoked, revoked_set, options.nonce, options.signing_key)
+    if withheld is not None:
+        ext["withheld"] = withheld
     if options.digest:
         ext["want"] = "digest"
         ext["dv"] = BUCKETED  # the bucketed digest, where the neighbour can make it
     if options.presence_queue:
         ext["presence_v2"] = True  # this worker will be counted: its neighbours need not name it
+    ext["instance"] = INSTANCE
+    return {"from_node": hostname, "revoked": revoked, "mingle": ext}
+
+
+def _request_ext(
+    hostname: str, revoked: Any, revoked_set: Any, nonce: str | None, signing_key: str | None
+) -> dict[str, Any]:
+    """The ``mingle`` block of a request carrying ``revoked``: the ids' ages, and the signature."""
+    from . import compat  # compat imports Celery's worker state: not needed by the wire helpers
+
+    ages = compat.revoked_ages(revoked_set, reply_ids(revoked))
+    ext: dict[str, Any] = {"v": VERSION, "ages": ages}
+    if nonce:
+        ext["nonce"] = nonce
+        if signing_key:
+            ext["sent_at"] = sent_at = time.time()
+            ext["request_signature"] = sign_request(signing_key, nonce, hostname, revoked, sent_at, ages)
+    return ext
+
+
+def push_request(
+    hostname: str, revoked: Any, revoked_set: Any, options: HelloOptions, skip: Iterable[str] = ()
+) -> dict[str, Any]:
+    """A ``hello`` that only carries ids (``revoked``, with their ages): no reply is asked.
+
+    Sent after a withheld broadcast (:func:`hello_request`): to the nodes that lack some of
+    this worker's ids, and, with ``skip`` (the nodes sent what they lack already), to all.
+    Signed with a nonce of its own when the broadcast was signed.
+    """
+    nonce = secrets.token_hex(16) if options.nonce else None
+    ext = _request_ext(hostname, revoked, revoked_set, nonce, options.signing_key)
+    ext["push"] = True
+    ext["skip"] = sorted(skip)
     ext["instance"] = INSTANCE
     return {"from_node": hostname, "revoked": revoked, "mingle": ext}
 
@@ -381,6 +421,7 @@ def full_list_request(
     digests of :func:`mingle_plugins.wire.reconcile.offer`), only the ids we lack."""
     ext = {**broadcast["mingle"], "ages": [], "want": "full", "packed": True}
     ext.pop("have", None)
+    ext.pop("withheld", None)
     if have is not None:
         ext["have"] = dict(have)
     return {"from_node": hostname, "revoked": None, "mingle": ext}

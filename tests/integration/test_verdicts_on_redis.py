@@ -71,6 +71,8 @@ class Neighbour(threading.Thread):
                 def on_message(body: Any, message: Any) -> None:
                     if not isinstance(body, dict) or body.get("method") != "hello":
                         return
+                    if not body.get("reply_to"):  # a push of the newcomer's ids: no reply asked
+                        return
                     try:
                         answers = self.answer(body)
                     except Exception as exc:  # the test fails on it; the thread goes on answering
