@@ -41,13 +41,19 @@ def names(text: str) -> list[str]:
 
 
 def add_common_options(
-    p: argparse.ArgumentParser, *, brokers: str, variants: Sequence[str], repeat: int, repeat_help: str
+    p: argparse.ArgumentParser,
+    *,
+    brokers: str,
+    variants: Sequence[str],
+    repeat: int,
+    repeat_help: str,
+    json_help: str = "also write every measurement to this JSON file",
 ) -> None:
     """``--brokers``, ``--variants``, ``--repeat``, ``--json`` and ``--python``."""
     p.add_argument("--brokers", default=brokers, help="comma-separated: " + ", ".join(BROKERS))
     p.add_argument("--variants", default=",".join(variants), help="comma-separated: " + ", ".join(variants))
     p.add_argument("--repeat", type=int, default=repeat, help=repeat_help)
-    p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+    p.add_argument("--json", type=Path, help=json_help)
     p.add_argument("--python", default=sys.executable, help="the Python that runs the workers")
 
 
