@@ -41,6 +41,8 @@ measurements. It writes every measurement to JSON, each run apart. See ``benchma
 from __future__ import annotations
 
 import argparse
+import collections
+import hashlib
 import json
 import os
 import re
@@ -223,8 +225,36 @@ class ClusterBench:
                 worker.wait_ready(180)
                 self.cluster.wait_listening(worker.nodename, timeout=60)
 
-    def revoke(self, ids: Sequence[str]) -> None:
-        self.cluster.revoke(ids, batch=1000, timeout=600)
+    def revoke(self, ids: Sequence[str], single: int = 0) -> None:
+        """Revoke ``ids`` on every neighbour and wait until each lists them: the first ``single``
+        one per message, the others 1000 a message.
+
+        Celery's ``revoke`` handler stamps the ids of one message in the order of a ``set`` (hash
+        order, random per process), so the ids of one batch are in another order on each
+        neighbour. Once a set is full (``maxlen``), each new id pushes out the oldest: the oldest ids
+        revoked one by one are the same on every neighbour, so a change keeps their sets equal."""
+        if single:
+            self.cluster.revoke(ids[:single], batch=1, timeout=600)
+        if ids[single:]:
+            self.cluster.revoke(ids[single:], batch=1000, timeout=600)
+
+    def held_sets(self, ids: set[str], timeout: float) -> tuple[list[int], int, int]:
+        """Ask every neighbour (``inspect revoked``) until it lists all of ``ids``: the number of
+        ids each holds, how many neighbours hold another set than the first, and how many ids are
+        not held by every neighbour."""
+        deadline = time.monotonic() + timeout
+        counts: collections.Counter[str] = collections.Counter()
+        sizes, digests = [], []
+        for worker in self.neighbours:
+            while not ids <= (held := self.cluster.revoked(worker.nodename, timeout=30)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{worker.nodename} did not list the {len(ids)} new ids in {timeout}s")
+                time.sleep(0.1)
+            sizes.append(len(held))
+            digests.append(hashlib.sha256("\n".join(sorted(held)).encode()).digest())
+            counts.update(held)
+        differ = sum(d != digests[0] for d in digests)
+        return sizes, differ, sum(c < len(self.neighbours) for c in counts.values())
 
     def newcomer(self, rep: int, revoked: int, run: int, kind: str = STEADY) -> Measurement:
         n = len(self.neighbours)
@@ -282,14 +312,15 @@ class ClusterBench:
             worker.out_path.unlink(missing_ok=True)
 
     def after_change(self, count: int, revoked: int, run: int) -> Measurement:
-        """Revoke ``count`` new ids on the neighbours (the cluster's revoke path: a broadcast, then
-        every neighbour asked until it lists them all), then measure the next newcomer, and check
-        from the neighbours' logs that no other hello came in between."""
-        probe = self.neighbours[0].nodename
-        held_before = len(self.cluster.revoked(probe, timeout=30))
+        """Revoke ``count`` new ids on the neighbours (the cluster's revoke path: broadcasts, one id
+        each, then every neighbour asked until it lists them all, and its set compared with the
+        others'), then measure the next newcomer, and check from the neighbours' logs that no
+        other hello came in between."""
+        held_before = len(self.cluster.revoked(self.neighbours[0].nodename, timeout=30))
         offsets = [(w, w.log_path.stat().st_size) for w in self.neighbours]
-        self.cluster.revoke([str(uuid.uuid4()) for _ in range(count)], batch=1000, timeout=120)
-        held_after = len(self.cluster.revoked(probe, timeout=30))
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        self.cluster.revoke(ids, batch=1, wait=False)  # one per message: the same order everywhere
+        sizes, differ, not_everywhere = self.held_sets(set(ids), timeout=120)
         m = self.newcomer(0, revoked, run, AFTER)
         seen: list[list[str]] = []
         for worker, offset in offsets:
@@ -301,8 +332,14 @@ class ClusterBench:
         m.change = {
             "added": count,
             "held_before": held_before,
-            "held_after": held_after,
-            "expired": held_before + count - held_after,
+            "held_after": sizes[0],
+            "expired": held_before + count - sizes[0],
+            "held_min": min(sizes),
+            "held_max": max(sizes),
+            # the neighbours' sets once they all listed the new ids: equal, or how far apart
+            "sets_equal": differ == 0,
+            "neighbours_differing": differ,
+            "ids_not_on_every_neighbour": not_everywhere,
             "taken_by": sum(m.nodename in nodes for nodes in seen),
             "other_hellos": others,
             "first": not others,
@@ -329,8 +366,14 @@ def describe(m: Measurement) -> str:
     if m.change:
         c = m.change
         text += (
-            f"; +{c['added']} ids, {c['expired']} expired, a neighbour holds {c['held_after']}; "
-            f"hello taken by {c['taken_by']}/{m.neighbours}"
+            f"; +{c['added']} ids, {c['expired']} expired, a neighbour holds {c['held_after']}, "
+            + (
+                "the same set on every neighbour"
+                if c["sets_equal"]
+                else f"{c['neighbours_differing']} neighbours with another set "
+                f"({c['ids_not_on_every_neighbour']} ids not on every neighbour)"
+            )
+            + f"; hello taken by {c['taken_by']}/{m.neighbours}"
             + ("" if c["first"] else f"; NOT the first: {', '.join(c['other_hellos'])}")
         )
     return text
@@ -347,15 +390,22 @@ def run_broker(broker: str, root: Path, args: argparse.Namespace, out: list[Meas
         plan: list[tuple[int, int]] = [(n, 0) for n in sorted(args.neighbours) if 0 in args.revoked]
         plan += [(n, r) for r in sorted(args.revoked) if r for n in sorted(args.neighbours, reverse=True)]
         revoked = 0
+        changes = sum(1 for _, r in plan if r) if args.change else 0
         for index, (n, r) in enumerate(plan):
             if r != revoked:
                 top = max(args.neighbours)
                 for b in benches:
                     b.set_neighbours(top)
                 ids = [str(uuid.uuid4()) for _ in range(r - revoked)]
-                log(f"[run {run} {broker}] revoking {len(ids)} ids on {top} neighbours of each cluster")
+                # The oldest ids one per message, enough for every change of the run to push out
+                # the same ids on every neighbour (see ClusterBench.revoke).
+                single = min(len(ids), max(100, args.change * changes)) if revoked == 0 else 0
+                log(
+                    f"[run {run} {broker}] revoking {len(ids)} ids on {top} neighbours of each cluster "
+                    f"(the first {single} one per message)"
+                )
                 for b in benches:
-                    b.revoke(ids)
+                    b.revoke(ids, single)
                 revoked = r
             for b in benches:
                 b.set_neighbours(n)
@@ -557,6 +607,7 @@ def after_change_rows(results: Sequence[Measurement]) -> list[dict[str, Any]]:
             "nodename": m.nodename,
             "change": m.change,
             "first": bool(m.change and m.change["first"]),
+            "sets_equal": bool(m.change and m.change["sets_equal"]),
             "heard": m.heard,
             "deaf": m.deaf,
         }
@@ -666,14 +717,14 @@ def targets(results: Sequence[Measurement], runs: int, repeat: int) -> list[dict
             )
 
     changes = [row for row in after_change_rows(results) if row["variant"] == "fast"]
-    firsts = [row for row in changes if row["first"]]
+    firsts = [row for row in changes if row["first"] and row["sets_equal"]]
     for attr, what in (("ready_ms", "ready"), ("mingle_ms", "mingle window")):
         target = (
             f"first fast newcomer after a change: {what} at most {MAX_AFTER_CHANGE_RATIO}x the steady "
             "median of its cell and run, every cell with R > 0, every run"
         )
         if not firsts:
-            add(target, "no first newcomer after a change" if not changes else "none was the first", None)
+            add(target, "no first newcomer after a change" if not changes else "none was valid", None)
             continue
         vals = [row[attr]["ratio"] for row in firsts]
         good = [v for v in vals if v is not None and v <= MAX_AFTER_CHANGE_RATIO]
@@ -683,8 +734,12 @@ def targets(results: Sequence[Measurement], runs: int, repeat: int) -> list[dict
             f"{_cell((worst['broker'], worst['neighbours'], worst['revoked']))} run {worst['run']}: "
             f"{worst[attr]['ratio']:.2f}"
         )
-        if len(firsts) < len(changes):
-            measured += f" ({len(changes) - len(firsts)} not the first after the change: left out)"
+        not_first = sum(not row["first"] for row in changes)
+        unequal = sum(row["first"] and not row["sets_equal"] for row in changes)
+        if not_first:
+            measured += f" ({not_first} not the first after the change: left out)"
+        if unequal:
+            measured += f" ({unequal} whose neighbours held different sets: left out)"
         add(target, measured, len(good) == len(vals))
     return out
 
@@ -784,14 +839,15 @@ def report(results: Sequence[Measurement], runs: int, repeat: int, variants: Seq
         "The first newcomer after a change of the neighbours' sets (ids revoked, a neighbour's count "
         "before -> after: the ids beyond its maxlen expire), against the median of the steady newcomers "
         f"of its variant, cell and run (target for fast: at most {MAX_AFTER_CHANGE_RATIO}x). first: no "
-        "neighbour logged another hello between the change and this newcomer's.",
+        "neighbour logged another hello between the change and this newcomer's; equal sets: every "
+        "neighbour held the same ids once it listed the new ones (else: the ids not on every neighbour).",
         "",
     ]
     if changes:
         out += [
-            "| broker | N | R | run | variant | ids added / expired (held) | first | heard | ready ms "
-            "(after / steady) | ready ratio | mingle ms (after / steady) | mingle ratio |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| broker | N | R | run | variant | ids added / expired (held) | equal sets | first | heard "
+            "| ready ms (after / steady) | ready ratio | mingle ms (after / steady) | mingle ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in changes:
             c = row["change"] or {}
@@ -805,6 +861,7 @@ def report(results: Sequence[Measurement], runs: int, repeat: int, variants: Seq
                 f"| {row['broker']} | {row['neighbours']} | {row['revoked']} | {row['run']} | "
                 f"{row['variant']} | "
                 f"{c.get('added')} / {c.get('expired')} ({c.get('held_before')} -> {c.get('held_after')}) | "
+                f"{'yes' if row['sets_equal'] else 'NO: ' + str(c.get('ids_not_on_every_neighbour'))} | "
                 f"{'yes' if row['first'] else 'NO: ' + ', '.join(c.get('other_hellos', []))} | "
                 f"{row['heard']}{'!' if row['deaf'] else ''} | " + " | ".join(cols) + " |"
             )
