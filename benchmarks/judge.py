@@ -34,7 +34,7 @@ newcomers after a change; and a table of the targets, each read from this run's
 measurements. It writes every measurement to JSON, each run apart. See ``benchmarks/README.md``.
 
     python benchmarks/judge.py                 # Redis, N=1,8, R=0,50000, 3 repeats (~4 min)
-    python benchmarks/judge.py --quick         # Redis, N=1, R=0, 1 repeat (smoke, ~15 s)
+    python benchmarks/judge.py --quick         # Redis, N=1, R=0, 1 repeat (smoke, ~10 s)
     python benchmarks/judge.py --full --runs 3 # Redis and RabbitMQ, N=1,8,32, R=0,50000, 3 runs of 3
 """
 
