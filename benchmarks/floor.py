@@ -10,7 +10,7 @@ one merge, measured in one process with no worker around them.
 - ``merge``: the ids into an empty ``LimitedSet`` as this package merges them (one pass) and as
   Celery 5.7's ``merge_revoked`` does (``add`` per id).
 
-    python benchmarks/floor.py                      # R = 50,000, Redis DB 4, best of 7
+    python benchmarks/floor.py                      # R = 50,000, a free Redis DB, best of 7
     python benchmarks/floor.py --revoked 10000 --repeat 11
 """
 
@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 import timeit
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
 from celery.utils.collections import LimitedSet
 from kombu import Connection, Exchange, Queue
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # from the directory of this script, inserted above
 
 from mingle_plugins.wire import compat, protocol
 
@@ -48,11 +54,11 @@ def full_list_reply(count: int) -> dict[str, Any]:
     return {"n@floor": body}
 
 
-def measure(url: str, count: int, repeat: int) -> list[tuple[str, float]]:
+def measure(url: str, count: int, repeat: int, tag: str) -> list[tuple[str, float]]:
     reply = full_list_reply(count)
     results: list[tuple[str, float]] = []
     with Connection(url) as conn:
-        queue = Queue(f"mingle-floor-{uuid.uuid4().hex[:8]}", Exchange("", type="direct"), auto_delete=True)
+        queue = Queue(tag, Exchange("", type="direct"), auto_delete=True)
         chan = conn.default_channel
         queue(chan).declare()
         producer = conn.Producer(serializer="json")
@@ -73,7 +79,10 @@ def measure(url: str, count: int, repeat: int) -> list[tuple[str, float]]:
         raw = client.rpop(queue.name)
         assert raw is not None
         results.append(
-            ("redis raw: LPUSH + BRPOP of those bytes", best_ms(lambda: _raw(client, raw), repeat))
+            (
+                "redis raw: LPUSH + BRPOP of those bytes",
+                best_ms(lambda: _raw(client, raw, f"{tag}-raw"), repeat),
+            )
         )
         results.append(("(message size, KiB)", len(raw) / 1024))
         consumer.cancel()
@@ -97,20 +106,27 @@ def measure(url: str, count: int, repeat: int) -> list[tuple[str, float]]:
     return results
 
 
-def _raw(client: Any, raw: bytes) -> None:
-    client.lpush("mingle-floor-raw", raw)
-    client.brpop(["mingle-floor-raw"], timeout=5)
+def _raw(client: Any, raw: bytes, key: str) -> None:
+    client.lpush(key, raw)
+    client.brpop([key], timeout=5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--url", default="redis://127.0.0.1:6379/4")
+    p.add_argument("--url", help="a Redis URL (default: a random database of 1-15 that is empty, cleaned up)")
     p.add_argument("--revoked", type=int, default=50_000)
     p.add_argument("--repeat", type=int, default=7, help="best of this many")
     args = p.parse_args(argv)
     print(f"| R = {args.revoked} | best of {args.repeat}, ms |\n|---|---|")
-    for name, value in measure(args.url, args.revoked, args.repeat):
-        print(f"| {name} | {value:.1f} |")
+    tag = f"mingle-floor-{uuid.uuid4().hex[:8]}"
+    space = None if args.url else benchlib.RedisSpace(tag)
+    try:
+        url = args.url if space is None else space.url
+        for name, value in measure(url, args.revoked, args.repeat, tag):
+            print(f"| {name} | {value:.1f} |")
+    finally:
+        if space is not None:
+            space.close()
     return 0
 
 

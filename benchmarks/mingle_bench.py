@@ -40,7 +40,6 @@ import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,12 +50,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # from the directory of this script, inserted above
+
 from mingle_plugins.testkit import Cluster, Worker
 
-BROKERS: dict[str, str] = {
-    "redis": "redis://127.0.0.1:6379/4",
-    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
-}
+log = benchlib.log
+#: Which code ran (imported from here by the other benchmarks too).
+code_state = benchlib.code_state
 VARIANTS: tuple[str, ...] = ("stock", "default", "fast")
 FAST: dict[str, Any] = {"mingle_profile": "fast"}
 #: How each variant's newcomer is started (keywords of ``mingle_plugins.testkit.Cluster.start``).
@@ -330,17 +332,22 @@ def measure_newcomer(
 
 
 class BrokerBench:
-    """The app directory, the neighbours and a client app for one broker.
+    """The app directory, the neighbours and a client app for one broker, on a Redis database
+    or RabbitMQ virtual host of its own (a random empty one; its keys, or it, deleted at the end).
 
     Workers are stopped with SIGKILL: nothing of them is kept, and a warm (or cold)
     shutdown of a ``-P solo`` worker on RabbitMQ takes ~10 s here.
     """
 
-    def __init__(self, broker: str, url: str, root: Path, python: str) -> None:
+    def __init__(self, broker: str, root: Path, python: str) -> None:
         self.broker = broker
         self.python = python
         self.directory = root / broker
-        self.cluster = Cluster.create(self.directory, url, python=python, app="bench_app")
+        # Every name of the run holds the tag: its keys are deleted by name at the end.
+        tag = f"minglebench-{uuid.uuid4().hex[:10]}"
+        self.space = benchlib.open_space(broker, tag)
+        conf = {"control_exchange": tag, "task_default_queue": tag}
+        self.cluster = Cluster.create(self.directory, self.space.url, conf, python=python, app="bench_app")
         self.client = self.cluster.client
         self.neighbours: list[Worker] = []
         self.revoked = 0
@@ -364,16 +371,15 @@ class BrokerBench:
     def close(self) -> None:
         self.neighbours.clear()
         self.cluster.close(grace=0)
+        try:
+            self.space.close()
+        except Exception as exc:  # the results are kept; say what was left
+            log(f"cleaning up {self.space.describe()} failed: {exc!r}")
 
 
-def run_broker(
-    broker: str,
-    url: str,
-    root: Path,
-    args: argparse.Namespace,
-    out: list[Measurement],
-) -> None:
-    bench = BrokerBench(broker, url, root, args.python)
+def run_broker(broker: str, root: Path, args: argparse.Namespace, out: list[Measurement]) -> None:
+    bench = BrokerBench(broker, root, args.python)
+    log(f"[{broker}] on {bench.space.describe()}")
     try:
         plan: list[tuple[int, int]] = [(n, 0) for n in sorted(args.neighbours) if 0 in args.revoked]
         plan += [(n, r) for r in sorted(args.revoked) if r for n in sorted(args.neighbours, reverse=True)]
@@ -486,17 +492,17 @@ def report(results: Sequence[Measurement], repeat: int) -> str:
     return "\n".join(out)
 
 
-def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--brokers", default="redis,rabbitmq", help="comma-separated: redis, rabbitmq")
+    benchlib.add_common_options(
+        p,
+        brokers="redis,rabbitmq",
+        variants=VARIANTS,
+        repeat=3,
+        repeat_help="newcomer starts per variant and cell",
+    )
     p.add_argument("--neighbours", default="1,4,8", help="comma-separated neighbour counts")
     p.add_argument("--revoked", default="0,50000", help="comma-separated revoked-id counts")
-    p.add_argument("--repeat", type=int, default=3, help="newcomer starts per variant and cell")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: stock, default, fast")
     p.add_argument(
         "--fast-conf",
         type=json.loads,
@@ -505,50 +511,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--interval", type=float, default=0.002, help="log sampler poll interval (s)")
     p.add_argument("--quick", action="store_true", help="N=1, R=0, 1 repetition, Redis only")
-    p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
-    p.add_argument("--python", default=sys.executable, help="the Python that runs the workers")
     args = p.parse_args(argv)
     if args.quick:
         args.brokers, args.neighbours, args.revoked, args.repeat = "redis", "1", "0", 1
-    args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    args.neighbours = [int(n) for n in str(args.neighbours).split(",")]
-    args.revoked = [int(r) for r in str(args.revoked).split(",")]
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for b in args.brokers:
-        if b not in BROKERS:
-            p.error(f"unknown broker {b!r}")
-    for v in args.variants:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}")
-    if min(args.neighbours) < 1 or min(args.revoked) < 0 or args.repeat < 1:
-        p.error("--neighbours >= 1, --revoked >= 0, --repeat >= 1")
+    benchlib.check_common_options(p, args, VARIANTS)
+    args.neighbours = benchlib.ints(args.neighbours)
+    args.revoked = benchlib.ints(args.revoked)
+    if not args.neighbours or not args.revoked or min(args.neighbours) < 1 or min(args.revoked) < 0:
+        p.error("--neighbours >= 1, --revoked >= 0")
     return args
-
-
-def code_state() -> str:
-    """Which ``mingle_plugins`` the workers ran: its git commit, and uncommitted changes."""
-    import mingle_plugins
-
-    where = Path(mingle_plugins.__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return f"mingle_plugins from {where}"
-    changed = [name for name in dirty if name.endswith(".py")]
-    return f"mingle_plugins from {where} at {head or '?'}" + (
-        f" + uncommitted changes in {', '.join(changed)}" if changed else ""
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -557,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="mingle-bench-") as tmp:
         for broker in args.brokers:
-            run_broker(broker, BROKERS[broker], Path(tmp), args, results)
+            run_broker(broker, Path(tmp), args, results)
     if args.json:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=1))
     print_versions(started)

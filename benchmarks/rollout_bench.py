@@ -52,15 +52,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import mingle_bench as mb  # from the directory of this script, inserted above
+import benchlib  # from the directory of this script, inserted above
+import mingle_bench as mb
 
 from mingle_plugins.testkit import Worker
 
-BROKERS: dict[str, str] = {
-    # Its own database (mingle_bench.py uses 4); INFO stats is server wide all the same.
-    "redis": "redis://127.0.0.1:6379/8",
-    "rabbitmq": mb.BROKERS["rabbitmq"],
-}
 VARIANTS: tuple[str, ...] = ("stock", "fast")
 #: How each variant's newcomers are started (keywords of ``mingle_plugins.testkit.Cluster.start``).
 VARIANT_START: dict[str, dict[str, Any]] = {
@@ -192,12 +188,6 @@ class RedisInfo:
     def bytes(self) -> int:
         stats = self.client.info("stats")
         return int(stats["total_net_input_bytes"]) + int(stats["total_net_output_bytes"])
-
-    def forget(self, control_exchange: str) -> None:
-        """Delete this run's keys (bindings, reply queues of killed newcomers) from the database."""
-        keys = list(self.client.scan_iter(match=f"*{control_exchange}*", count=1000))
-        if keys:
-            self.client.delete(*keys)
 
     def close(self) -> None:
         self.client.close()
@@ -415,9 +405,10 @@ def keep_log(worker: Worker, logs: Path | None) -> None:
     worker.out_path.unlink(missing_ok=True)
 
 
-def run_broker(broker: str, url: str, root: Path, args: argparse.Namespace, out: list[Round]) -> None:
-    bench = mb.BrokerBench(broker, url, root, args.python)
-    redis_info = RedisInfo(url) if broker == "redis" else None
+def run_broker(broker: str, root: Path, args: argparse.Namespace, out: list[Round]) -> None:
+    bench = mb.BrokerBench(broker, root, args.python)
+    log(f"[{broker}] on {bench.space.describe()}")
+    redis_info = RedisInfo(bench.space.url) if broker == "redis" else None
     try:
         log(f"[{broker}] starting {args.neighbours} neighbours")
         while len(bench.neighbours) < args.neighbours:  # as BrokerBench.set_neighbours, with a log level
@@ -456,11 +447,10 @@ def run_broker(broker: str, url: str, root: Path, args: argparse.Namespace, out:
                 raise RuntimeError(f"neighbours died: {dead}")
     finally:
         neighbours = list(bench.neighbours)
-        bench.close()
+        bench.close()  # and the run's keys (bindings, reply queues of killed newcomers) or vhost
         for worker in neighbours:
             keep_log(worker, args.logs)
         if redis_info is not None:
-            redis_info.forget(str(bench.cluster.config["control_exchange"]))
             redis_info.close()
 
 
@@ -582,39 +572,29 @@ def log(msg: str) -> None:
     mb.log(msg)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in str(text).split(",") if x.strip()]
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--brokers", default="redis", help="comma-separated: redis, rabbitmq")
+    benchlib.add_common_options(
+        p,
+        brokers="redis",
+        variants=VARIANTS,
+        repeat=1,
+        repeat_help="rounds per K and variant",
+        json_help="also write every round, every newcomer, to this JSON file",
+    )
     p.add_argument("--neighbours", type=int, default=16, help="running neighbours")
     p.add_argument("--newcomers", default="8,16", help="comma-separated K: newcomers started at once")
     p.add_argument("--revoked", type=int, default=50000, help="ids revoked on the neighbours")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: stock, fast")
-    p.add_argument("--repeat", type=int, default=1, help="rounds per K and variant")
     p.add_argument("--background", type=float, default=2.0, help="seconds of Redis background before a round")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for all K to be ready")
     p.add_argument("--settle-timeout", type=float, default=60.0, help="seconds for the workers to be quiet")
-    p.add_argument("--json", type=Path, help="also write every round, every newcomer, to this JSON file")
     p.add_argument("--logs", type=Path, help="keep the workers' log files in this folder")
     p.add_argument("--neighbour-loglevel", default="INFO", help="e.g. DEBUG: when each hello was answered")
-    p.add_argument("--python", default=sys.executable, help="the Python that runs the workers")
     args = p.parse_args(argv)
-    args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    args.newcomers = _ints(args.newcomers)
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for b in args.brokers:
-        if b not in BROKERS:
-            p.error(f"unknown broker {b!r}")
-    for v in args.variants:
-        if v not in VARIANTS:
-            p.error(f"unknown variant {v!r}")
+    benchlib.check_common_options(p, args, VARIANTS)
+    args.newcomers = benchlib.ints(args.newcomers)
     if args.neighbours < 1 or not args.newcomers or min(args.newcomers) < 1 or args.revoked < 0:
         p.error("--neighbours >= 1, --newcomers >= 1, --revoked >= 0")
-    if args.repeat < 1:
-        p.error("--repeat >= 1")
     return args
 
 
@@ -624,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="mingle-rollout-") as tmp:
         for broker in args.brokers:
-            run_broker(broker, BROKERS[broker], Path(tmp), args, rounds)
+            run_broker(broker, Path(tmp), args, rounds)
     if args.json:
         args.json.write_text(
             json.dumps(

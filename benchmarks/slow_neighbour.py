@@ -25,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchlib  # from the directory of this script, inserted above
 import mingle_bench as mb
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--broker", default="redis", choices=sorted(mb.BROKERS))
+    p.add_argument("--broker", default="redis", choices=benchlib.BROKERS)
     p.add_argument("--neighbours", type=int, default=4)
     p.add_argument("--revoked", type=int, default=0)
     p.add_argument("--pause", type=float, default=0.15, help="seconds the last neighbour stays paused")
@@ -39,7 +40,7 @@ def main() -> int:
     args = p.parse_args()
     heard = []
     with tempfile.TemporaryDirectory(prefix="mingle-slow-") as tmp:
-        bench = mb.BrokerBench(args.broker, mb.BROKERS[args.broker], Path(tmp), sys.executable)
+        bench = mb.BrokerBench(args.broker, Path(tmp), sys.executable)
         try:
             bench.set_neighbours(args.neighbours)
             if args.revoked:
