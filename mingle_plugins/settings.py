@@ -144,7 +144,9 @@ class MingleSettings:
         "With `mingle_digest`: a worker that holds 1,000 ids or more (a state db, a store, a "
         "reconnect) asks only for the ids of the buckets whose digest differs from its own (set "
         "reconciliation, docs/performance.md), and checks what it rebuilds against the neighbour's "
-        "digest; `False`: the full list.",
+        "digest; its hello carries none of its ids, and each neighbour is sent the ids it lacks "
+        "after the digest round (every id to nodes whose set it cannot know, as a stock hello "
+        "would); `False`: the full list, and the ids in the hello.",
         boolean,
     )
     presence: bool = setting(

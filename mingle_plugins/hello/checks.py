@@ -233,9 +233,13 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
         raise InvalidReply(f"revoked is a {type(revoked).__name__}, not a list or dict of ids")
     if len(revoked) > limits.max_ids:
         raise InvalidReply(f"{len(revoked)} revoked ids is more than the {limits.max_ids} a worker keeps")
-    raw_ages = extension.get("ages")
+    raw_ages: Any = extension.get("ages")
     if raw_ages is not None and (not isinstance(raw_ages, list) or len(raw_ages) != len(revoked)):
         raise InvalidReply("ages do not match the revoked ids one for one")
+    if raw_ages is None and "age_runs" in extension:  # the ages as runs (protocol.RunAges)
+        raw_ages = protocol.parse_age_runs(extension["age_runs"], len(revoked))
+        if isinstance(raw_ages, str):
+            raise InvalidReply(raw_ages)
     carried = tuple(protocol.reply_ids(revoked))
     problems: list[str] = []
     stamps: dict[str, float] | None = None
@@ -290,12 +294,12 @@ class AlignedAges(Mapping[str, float]):
 
     __slots__ = ("_ages", "_ids", "_index")
 
-    def __init__(self, ids: Sequence[str], ages: Sequence[int]) -> None:
+    def __init__(self, ids: Sequence[str], ages: Sequence[float]) -> None:
         self._ids = ids
         self._ages = ages
         self._index: dict[str, float] | None = None
 
-    def aligned(self, ids: Sequence[str]) -> Sequence[int] | None:
+    def aligned(self, ids: Sequence[str]) -> Sequence[float] | None:
         """The ages of ``ids`` when they are the wire's ids themselves, in order (else ``None``):
         what the merge reads instead of one lookup per id."""
         if len(ids) == len(self._ids) and all(map(operator.is_, ids, self._ids)):
@@ -350,9 +354,13 @@ def share_wire_lists(body: Any, reply: Reply) -> None:
                 holder["ages"] = compact
 
 
-def _aged(revoked: list[Any], raw_ages: list[Any], valid: Any, problems: list[str]) -> Mapping[str, float]:
+def _aged(
+    revoked: list[Any], raw_ages: Sequence[Any], valid: Any, problems: list[str]
+) -> Mapping[str, float]:
     """``{id: age}`` for the valid ids whose age is valid; a bad age drops its id (counted)."""
-    if raw_ages and set(map(type, raw_ages)) == {int} and 0 <= min(raw_ages) and max(raw_ages) < 10**12:
+    if isinstance(raw_ages, protocol.RunAges) or (
+        raw_ages and set(map(type, raw_ages)) == {int} and 0 <= min(raw_ages) and max(raw_ages) < 10**12
+    ):  # runs were checked when they were read
         if not problems:  # every id valid, every age valid: the wire's lists as they are
             return AlignedAges(revoked, raw_ages)
         valid = valid if isinstance(valid, (set, frozenset, KeysView)) else set(valid)

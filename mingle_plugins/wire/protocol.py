@@ -48,6 +48,15 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   its ``revoked``). So an id revoked at T expires at T + expiry everywhere,
   whatever the number of mingles.
 
+- ``"age_runs": true`` (this release): the reply gives its ages as runs instead,
+  ``mingle.age_runs = [A1, N1, A2, N2, ...]`` (``N1`` ids of age ``A1``, then ``N2`` of age
+  ``A2``, in the order of its ids; :func:`age_runs`), and no ``mingle.ages``. Ids revoked in
+  the same second share a run, and a worker's ids are held in the order they were revoked:
+  50,000 ids revoked over a few minutes are a few hundred integers instead of 50,000, on
+  the neighbour that encodes them and on the newcomer that keeps them until its round ends
+  (:class:`RunAges`). A neighbour of an earlier release ignores the field and sends
+  ``ages``, which this release still reads; a newcomer of an earlier release never asks.
+
 - ``"presence_v2": true`` (on AMQP with ``mingle_presence``): the sender will
   consume the presence queue after its mingle, so others need not name it. A
   worker that consumes that queue adds ``"present_v2": true`` to its reply's
@@ -77,10 +86,11 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from itertools import groupby
-from typing import TYPE_CHECKING, Any, cast
+from itertools import accumulate, chain, groupby, repeat
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from . import reconcile
 
@@ -89,6 +99,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKETED",
+    "RunAges",
+    "age_runs",
+    "parse_age_runs",
     "EMPTY_BUCKETED_DIGEST",
     "EMPTY_DIGEST",
     "INSTANCE",
@@ -288,9 +301,68 @@ def ages_digest(ages: Any) -> str | None:
     return hashlib.sha256(json.dumps(ages, separators=(",", ":")).encode()).hexdigest()
 
 
+class RunAges(Sequence[float]):
+    """The ages of a reply's ids from its runs (``mingle.age_runs``), read by position like a
+    list of them, without one: ``[30, 2, 5, 1]`` is ``[30, 30, 5]``."""
+
+    __slots__ = ("_ages", "_ends")
+
+    def __init__(self, runs: Sequence[int]) -> None:
+        self._ages = runs[0::2]
+        self._ends = list(accumulate(runs[1::2]))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("age index out of range")
+        return self._ages[bisect_right(self._ends, index)]
+
+    def __iter__(self) -> Iterator[float]:
+        starts = [0, *self._ends]
+        return chain.from_iterable(
+            repeat(age, end - start) for age, start, end in zip(self._ages, starts, self._ends, strict=False)
+        )
+
+
+def age_runs(ages: Iterable[float]) -> list[float]:
+    """``[age, count, ...]`` of ``ages``: each run of equal consecutive ages as two integers."""
+    out: list[float] = []
+    for age, group in groupby(ages):
+        out += (age, sum(1 for _ in group))
+    return out
+
+
+def parse_age_runs(raw: Any, length: int) -> RunAges | str:
+    """The :class:`RunAges` of ``mingle.age_runs`` for ``length`` ids, or the problem."""
+    if not isinstance(raw, list) or len(raw) % 2 or len(raw) > 2 * length:
+        return "age_runs is not a list of (age, count) pairs"
+    ages, counts = raw[0::2], raw[1::2]
+    if set(map(type, ages)) - {int, float} or not all(0 <= age < 10**12 for age in ages):
+        return "age_runs holds an age that is not a number of seconds >= 0"  # NaN fails too
+    if set(map(type, counts)) - {int}:
+        return "age_runs holds a count that is not an integer"
+    if counts and min(counts) < 1:
+        return "age_runs holds a run of fewer than one id"
+    if sum(counts) != length:
+        return f"age_runs covers {sum(counts)} ids, the reply carries {length}"
+    return RunAges(raw)
+
+
 def _message(nonce: str, node: str, clock: Any, carried: str, ext: Mapping[str, Any]) -> bytes:
     fields = [VERSION, nonce, node, clock, carried, ext.get("digest"), ext.get("count")]
     fields.append(ages_digest(ext.get("ages")))
+    if "age_runs" in ext:  # the ages as runs (signed as they travel)
+        fields.append(["age_runs", ages_digest(ext["age_runs"])])
     if "partial" in ext:  # which buckets a reconciled list holds (mingle_plugins.wire.reconcile)
         fields.append(["partial", ext["partial"]])
     return json.dumps(fields, separators=(",", ":")).encode()
@@ -371,6 +443,7 @@ def hello_request(
     ext = _request_ext(hostname, revoked, revoked_set, options.nonce, options.signing_key)
     if withheld is not None:
         ext["withheld"] = withheld
+    ext["age_runs"] = True  # the neighbours' ages as runs, where they can
     if options.digest:
         ext["want"] = "digest"
         ext["dv"] = BUCKETED  # the bucketed digest, where the neighbour can make it
@@ -432,7 +505,7 @@ def extend_reply(
     request: Mapping[str, Any],
     node: str,
     keys: Sequence[str],
-    ages: Callable[[list[str]], Sequence[float]] | None = None,
+    ages: Callable[[list[str]], Iterable[float]] | None = None,
     digest_of: Callable[[], tuple[str, int]] | None = None,
     bucketed_of: Callable[[], tuple[str, int]] | None = None,
     buckets_of: Callable[[int], reconcile.Buckets] | None = None,
@@ -442,7 +515,8 @@ def extend_reply(
     ``want: "digest"``: a digest instead of the ids (``digest_of()``, this node's
     :class:`DigestCache`, else hashed here; ``bucketed_of()``, its :class:`BucketDigestCache`,
     when the request asks ``dv: 3``). Otherwise the ids, with their ages
-    (``ages(ids)``) when the request carries ages (its sender keeps them), packed
+    (``ages(ids)``, an iterable) when the request carries ages (its sender keeps them), as
+    runs when it asks ``age_runs``; packed
     into ``mingle.ids`` when the request says ``packed``; with the request's ``have`` and
     ``buckets_of`` (this node's :class:`~mingle_plugins.wire.reconcile.BucketCache`), only
     the ids of the buckets that differ (``mingle.partial``). Signed when ``keys``.
@@ -468,7 +542,10 @@ def extend_reply(
             if answered is not None:
                 carried, partial = answered
         if ages is not None and "ages" in request:
-            ext["ages"] = ages(carried)
+            if request.get("age_runs") is True:
+                ext["age_runs"] = age_runs(ages(carried))  # no list of every age, here or there
+            else:
+                ext["ages"] = list(ages(carried))
             # Packed only with the ages: they replace the stamps a 5.3-5.6 dict carries.
             packed = pack_ids(carried) if request.get("packed") is True and carried else None
             if packed is not None:
