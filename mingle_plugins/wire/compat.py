@@ -163,35 +163,39 @@ def merge_aged(
         ids, ages_of = [task_id for task_id, _ in kept], [age for _, age in kept]
     else:
         too_old = 0
-    held = data.keys() & ids
-    held_ages: dict[str, float] = {}
-    if held and len(held) == len(ids) and unique:  # all held already (a restarted neighbour's)
-        held_ages = dict(zip(ids, ages_of, strict=True))
-        ids, ages_of = [], []
-    elif held or (not unique and len(set(ids)) != len(ids)):  # the ids not held yet, each once
+    held: Iterable[tuple[str, float]] = ()
+    if unique:  # no set or dict of the ids beside them (a newcomer's peak memory)
+        count = sum(map(data.__contains__, ids))
+        if count == len(ids):  # all held already (a restarted neighbour's, a second neighbour's)
+            held, ids, ages_of = zip(ids, ages_of, strict=True), [], []
+        elif count:
+            held = [(task_id, age) for task_id, age in zip(ids, ages_of, strict=True) if task_id in data]
+            ages_of = [age for task_id, age in zip(ids, ages_of, strict=True) if task_id not in data]
+            ids = [task_id for task_id in ids if task_id not in data]
+    elif data.keys() & ids or len(set(ids)) != len(ids):  # the ids not held yet, each once
         fresh = dict(zip(ids, ages_of, strict=True))
-        held_ages = {task_id: fresh.pop(task_id) for task_id in held}
+        held = [(task_id, fresh.pop(task_id)) for task_id in data.keys() & fresh.keys()]
         ids, ages_of = list(fresh), list(fresh.values())
         del fresh
+    # Restamped before the new ids are added: ``held`` may be a lazy pass over the reply.
+    _restamp_older(revoked_set, held, now)
     _add_many(revoked_set, ids, map(now.__sub__, ages_of))
-    if held_ages:
-        _restamp_older(revoked_set, held_ages, now)
     return too_old
 
 
-def _restamp_older(revoked_set: Any, held_ages: Mapping[str, float], now: float) -> None:
-    """Give each held id whose age says it was revoked earlier than its stamp that earlier
-    stamp, as ``revoked_set.add(id, now=stamp)`` would, in one pass.
+def _restamp_older(revoked_set: Any, held: Iterable[tuple[str, float]], now: float) -> None:
+    """Give each held id (``(id, age)`` pairs) whose age says it was revoked earlier than its
+    stamp that earlier stamp, as ``revoked_set.add(id, now=stamp)`` would, in one pass.
 
     ``add`` per id on a full set discards the old entry, pushes the new one and purges (the heap
     churns: ~0.1 s for 50,000 ids held); here the dict is updated once and the heap rebuilt once.
     """
     data = revoked_set._data
     # Usually none is older (the same revokes, stamped from the same ages): find out first.
-    order = sorted(task_id for task_id, age in held_ages.items() if now - age < data[task_id][0])
-    if not order:
+    # Sorted by id: sequence numbers in a fixed order.
+    older = sorted((task_id, now - age) for task_id, age in held if now - age < data[task_id][0])
+    if not older:
         return
-    older = [(task_id, now - held_ages[task_id]) for task_id in order]  # sequence numbers in a fixed order
     sample = data[older[0][0]]
     sequence = getattr(revoked_set, "_seq", None)
     entries: dict[str, tuple[Any, ...]]
