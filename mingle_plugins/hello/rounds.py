@@ -340,12 +340,13 @@ class MingleRound:
             outcome.ids_kept += len(reply_ids)
             self.cpu += time.process_time() - cpu
             return outcome
+        kept: Sequence[str]
         if policies and reply_ids:
             saved = compat.revoked_stamps(revoked_set)
             kept, dropped_by = self._policies(reply)
             self._restore_lost(saved)
-        else:  # no policy: every id is kept (the common case, without a pass over the ids)
-            kept, dropped_by = list(reply_ids), {}
+        else:  # no policy: every id is kept (the common case: no pass over the ids, no copy)
+            kept, dropped_by = reply_ids, {}
         if isinstance(digest, str) and reply_ids:
             self._merged_digests.setdefault(digest, reply.nodename)
         held, pending, aged = compat.revoked_stamps_view(revoked_set), self.pending, self.pending_aged
@@ -374,8 +375,8 @@ class MingleRound:
         return outcome
 
     def _within_share(
-        self, reply: Reply, new: list[str], kept: list[str], outcome: NodeOutcome
-    ) -> tuple[list[str], list[str]]:
+        self, reply: Reply, new: list[str], kept: Sequence[str], outcome: NodeOutcome
+    ) -> tuple[list[str], Sequence[str]]:
         """Cut a node's new ids to the free room plus ``mingle_max_share`` of the ids held
         when the round started.
 
