@@ -122,6 +122,7 @@ def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable
             state.hostname,
             step.settings.hmac_keys,
             ages=lambda ids: compat.iter_revoked_ages(revoked_set, ids),
+            runs=lambda ids: compat.revoked_age_runs(revoked_set, ids),
             digest_of=lambda: digests.of(compat.revoked_stamps_view(revoked_set).keys()),
             buckets_of=lambda count: reconciled.of(compat.revoked_stamps_view(revoked_set).keys(), count),
             bucketed_of=lambda: buckets.of(compat.revoked_stamps_view(revoked_set).keys()),

@@ -87,9 +87,10 @@ import math
 import secrets
 import time
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from itertools import accumulate, chain, groupby, repeat
+from itertools import accumulate, chain, count, groupby, repeat
 from typing import TYPE_CHECKING, Any, cast, overload
 
 from . import reconcile
@@ -338,7 +339,9 @@ def age_runs(ages: Iterable[float]) -> list[float]:
     """``[age, count, ...]`` of ``ages``: each run of equal consecutive ages as two integers."""
     out: list[float] = []
     for age, group in groupby(ages):
-        out += (age, sum(1 for _ in group))
+        # The length of the run without a list of it: the last of (item, n) pairs (C-level).
+        last = deque(zip(group, count(1)), maxlen=1)
+        out += (age, last[0][1])
     return out
 
 
@@ -506,6 +509,7 @@ def extend_reply(
     node: str,
     keys: Sequence[str],
     ages: Callable[[list[str]], Iterable[float]] | None = None,
+    runs: Callable[[list[str]], list[float]] | None = None,
     digest_of: Callable[[], tuple[str, int]] | None = None,
     bucketed_of: Callable[[], tuple[str, int]] | None = None,
     buckets_of: Callable[[int], reconcile.Buckets] | None = None,
@@ -516,7 +520,7 @@ def extend_reply(
     :class:`DigestCache`, else hashed here; ``bucketed_of()``, its :class:`BucketDigestCache`,
     when the request asks ``dv: 3``). Otherwise the ids, with their ages
     (``ages(ids)``, an iterable) when the request carries ages (its sender keeps them), as
-    runs when it asks ``age_runs``; packed
+    runs when it asks ``age_runs`` (``runs(ids)`` when given, else made of ``ages``); packed
     into ``mingle.ids`` when the request says ``packed``; with the request's ``have`` and
     ``buckets_of`` (this node's :class:`~mingle_plugins.wire.reconcile.BucketCache`), only
     the ids of the buckets that differ (``mingle.partial``). Signed when ``keys``.
@@ -542,8 +546,8 @@ def extend_reply(
             if answered is not None:
                 carried, partial = answered
         if ages is not None and "ages" in request:
-            if request.get("age_runs") is True:
-                ext["age_runs"] = age_runs(ages(carried))  # no list of every age, here or there
+            if request.get("age_runs") is True:  # no list of every age, here or there
+                ext["age_runs"] = runs(carried) if runs is not None else age_runs(ages(carried))
             else:
                 ext["ages"] = list(ages(carried))
             # Packed only with the ages: they replace the stamps a 5.3-5.6 dict carries.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -75,3 +76,35 @@ def test_a_reply_asked_for_runs_sends_runs_signed_and_is_read_with_its_ages() ->
         {"revoked": ids, "clock": 3}, {**ask, "age_runs": None}, "n@x", (), ages=lambda g: iter(ages)
     )
     assert old["mingle"]["ages"] == ages and "age_runs" not in old["mingle"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    offsets=st.lists(st.floats(-50, 5000, allow_nan=False), min_size=0, max_size=80),
+    order=st.sampled_from(["oldest first", "as added", "reversed"]),
+    missing=st.integers(0, 2),
+)
+def test_the_answering_side_runs_are_the_runs_of_its_ages(
+    offsets: list[float], order: str, missing: int
+) -> None:
+    """``compat.revoked_age_runs`` (bisection over stamps, oldest first) gives what one pass over
+    the ids does, in any order, with ids no longer held, and stamps ahead of this clock."""
+    from celery.utils.collections import LimitedSet
+
+    from mingle_plugins.wire import compat
+
+    revoked = LimitedSet(maxlen=1000, expires=10**6)
+    now = time.monotonic()
+    for i, offset in enumerate(offsets):
+        revoked.add(f"id-{i}", now=now - offset)
+    ids = list(revoked) if order == "oldest first" else [f"id-{i}" for i in range(len(offsets))]
+    if order == "reversed":
+        ids.reverse()
+    ids += [f"gone-{i}" for i in range(missing)]
+    runs = compat.revoked_age_runs(revoked, ids)
+    expected = age_runs(compat.revoked_ages(revoked, ids))
+    # The two read the clock one after the other: an age may differ by the second that passed.
+    read, want = parse_age_runs(runs, len(ids)), parse_age_runs(expected, len(ids))
+    assert isinstance(read, RunAges) and isinstance(want, RunAges)
+    assert all(abs(a - b) <= 1 for a, b in zip(read, want, strict=True)), (runs, expected)
+    assert runs == age_runs(list(read))  # runs as short as they can be
