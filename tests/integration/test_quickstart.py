@@ -64,7 +64,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder where section 1 ("Install") ran: a copy of the core as the checkout, the
     quickstart's folder and virtualenv. Shared by the brokers: its commands are the same."""
     top = tmp_path_factory.mktemp("quickstart")
-    shutil.copytree(core_source(), top / "celery-mingle-plugins")
+    # Not what pip builds in the shared copy (another session may be building there now).
+    ignore = shutil.ignore_patterns("build", "*.egg-info", ".complete")
+    shutil.copytree(core_source(), top / "celery-mingle-plugins", ignore=ignore)
     install = script(("install",))
     result = subprocess.run(
         ["bash", "-c", install], cwd=top, env=clean_env(), capture_output=True, text=True, timeout=300

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.venvs import ROOT, VENV_DIR, venv_python
+from tests.support.venvs import ROOT, VENV_DIR, file_lock, lock_name, venv_python
 from tests.support.workers import APP_TEMPLATE, Cluster, Worker, write_app
 
 OUR_CONSUMER = "mingle_plugins.consumer:Consumer"
@@ -80,14 +80,19 @@ def core_source() -> Path:
     dest = VENV_DIR / "_src" / f"core-{digest.hexdigest()[:12]}"
     if (dest / ".complete").exists():
         return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    for path in files:
-        out = dest / path.relative_to(ROOT)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, out)
-    readme = ROOT / "README.md"
-    (dest / "README.md").write_text(readme.read_text() if readme.exists() else "celery-mingle-plugins\n")
-    (dest / ".complete").write_text(str(ROOT))
+    # Two checkouts of one commit make the same copy: one at a time (the lock venv_python
+    # takes while pip builds in it).
+    with file_lock(lock_name("source", dest.resolve())):
+        if (dest / ".complete").exists():
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)
+        for path in files:
+            out = dest / path.relative_to(ROOT)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out)
+        readme = ROOT / "README.md"
+        (dest / "README.md").write_text(readme.read_text() if readme.exists() else "celery-mingle-plugins\n")
+        (dest / ".complete").write_text(str(ROOT))
     return dest
 
 

@@ -7,6 +7,7 @@ keyed by what is installed in them, so a second test run (of any checkout) reuse
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -26,8 +27,26 @@ def cache_dir() -> Path:
 
 
 VENV_DIR = Path(os.environ.get("MINGLE_VENV_DIR") or cache_dir() / "venvs")
-#: One lock per checkout (the venvs are shared between checkouts, their builds are not).
-CHECKOUT_LOCK = f".checkout-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}.lock"
+
+
+def lock_name(kind: str, path: Path | str) -> str:
+    return f".{kind}-{hashlib.sha256(str(path).encode()).hexdigest()[:12]}.lock"
+
+
+#: One lock per checkout: pip and build write into the checkout they install or build.
+CHECKOUT_LOCK = lock_name("checkout", ROOT)
+
+
+@contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``VENV_DIR / name``, between every process of every checkout."""
+    VENV_DIR.mkdir(parents=True, exist_ok=True)
+    with open(VENV_DIR / name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -35,13 +54,8 @@ def checkout_lock() -> Iterator[None]:
     """Held while pip or build writes into this checkout (``build/``, ``*.egg-info``: pip builds
     a local path in its tree), so that tests running in parallel (pytest-xdist) never do it at
     the same time."""
-    VENV_DIR.mkdir(parents=True, exist_ok=True)
-    with open(VENV_DIR / CHECKOUT_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(CHECKOUT_LOCK):
+        yield
 
 
 def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), label: str = "env") -> Path:
@@ -65,9 +79,18 @@ def venv_python(requirements: Sequence[str], *, editable: Sequence[Path] = (), l
     marker = env_dir / ".complete"
     if marker.exists():
         return python
-    with checkout_lock():  # also one build at a time of the same venv
+    # The venvs are shared by every checkout: two test sessions of two checkouts of the same
+    # commit want the same venv (the core is installed from one copy, ``core_source()``), and
+    # ``venv --clear`` under the other's build breaks both. So a lock per venv, then one per
+    # local source outside this checkout (that copy, which pip builds in its tree too), then
+    # this checkout's; always in this order.
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(file_lock(f".{env_dir.name}.lock"))
         if marker.exists():
             return python
+        for path in sorted({p.resolve() for p in editable if not p.resolve().is_relative_to(ROOT)}):
+            locks.enter_context(file_lock(lock_name("source", path)))
+        locks.enter_context(checkout_lock())
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(env_dir)], check=True)
         args = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements]
         args += [str(p) for p in editable]
