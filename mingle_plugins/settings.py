@@ -315,7 +315,8 @@ def load_settings(
     if environ.get(ENV_HMAC_KEYS):
         overrides["hmac_keys"] = names.parse(environ[ENV_HMAC_KEYS])
     if settings.profile == "fast":
-        given = {name for name in FAST_PROFILE if conf.get(f"mingle_{name}") is not None}
+        # Given explicitly, ``None`` included (``mingle_quiet_window = None``: stock's idle timeout).
+        given = {name for name in FAST_PROFILE if f"mingle_{name}" in conf}
         overrides.update({k: v for k, v in FAST_PROFILE.items() if k not in given})
     if overrides:
         settings = dataclasses.replace(settings, **overrides)

@@ -125,3 +125,14 @@ def test_a_declaration_that_is_not_a_settings_dataclass_is_refused(caplog) -> No
     registry = SettingsRegistry()
     with pytest.raises(TypeError, match="not a dataclass"):
         registry.add("x", dict)
+
+
+def test_the_fast_profile_yields_to_a_setting_given_explicitly_none_included() -> None:
+    fast, _ = load_settings({"mingle_profile": "fast"}, environ={})
+    assert fast.quiet_window == 0.05 and fast.digest is True and fast.merge == "bulk"
+    given, problems = load_settings(
+        {"mingle_profile": "fast", "mingle_quiet_window": None, "mingle_digest": False}, environ={}
+    )
+    assert problems == []
+    assert given.quiet_window is None  # stock's idle timeout, as documented
+    assert given.digest is False and given.merge == "bulk"  # the others still the profile's
