@@ -408,7 +408,10 @@ class Recorder:
                             "mingle: revocation store %s: deleted %d invalid entries", self.store.url, invalid
                         )
             except Exception as exc:
-                self._failed(batch, exc)
+                if trim:  # not made: tried again with the next attempt
+                    with self._cond:
+                        self.trim_wanted = True
+                self._failed(batch, exc, trim)
             else:
                 self._written(batch)
             finally:
@@ -417,7 +420,7 @@ class Recorder:
                     self.attempts += 1
                     self._cond.notify_all()
 
-    def _failed(self, batch: Mapping[str, float], exc: Exception) -> None:
+    def _failed(self, batch: Mapping[str, float], exc: Exception, trim: bool = False) -> None:
         with self._cond:
             self.failures += 1
             self.last_error = repr(exc)[:300]
@@ -425,15 +428,17 @@ class Recorder:
             self._next_try = time.monotonic() + delay
             count = len(self.pending)
             kept = f"in memory and in {self.journal}" if self.journal else "in memory"
+        if count:
+            what = f"{count} revokes kept {kept}, written again with back-off"
+        else:  # only the trim was to be made
+            what = "no revoke waiting; its trim (expired, invalid, surplus entries) tried again with back-off"
         if self.failures == 1 or self.failures % 20 == 0:
             logger.warning(
-                "mingle: revocation store %s not reached (%s attempt%s): %d revokes kept %s, written "
-                "again with back-off (next in %.1fs): %s",
+                "mingle: revocation store %s not reached (%s attempt%s): %s (next in %.1fs): %s",
                 self.store.url,
                 self.failures,
                 "" if self.failures == 1 else "s",
-                count,
-                kept,
+                what,
                 delay,
                 self.last_error,
             )
