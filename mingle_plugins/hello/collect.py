@@ -602,7 +602,6 @@ def _push_held(
         own_digest,
         collector.reached,
         hostname,
-        protocol.claim_version,
     )
     wait = options.answer_wait or options.timeout * FULL_LIST_PATIENCE
     for nodes, ids in plan.directed:

@@ -22,12 +22,11 @@ from a stock hello; the nodes known to hold the ids merge none of them.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..model import Reply
-from ..wire import reconcile
+from ..wire import protocol, reconcile
 
 __all__ = ["PushPlan", "plan_push"]
 
@@ -49,20 +48,15 @@ class PushPlan:
 
 def _lacking(held: Sequence[str], reply: Reply) -> list[str] | None:
     """The ids of ``held`` that the sender of ``reply`` (a list, whole or reconciled) lacks."""
-    theirs = set(reply.carried or reply.ids)
-    partial = reply.extension.get("partial")
-    if partial is None:
-        return [task_id for task_id in held if task_id not in theirs]
-    parsed = reconcile.parse_partial(partial)
-    if isinstance(parsed, str):
-        return None
-    count, sent = parsed
-    sent_set, mask, crc = set(sent), count - 1, zlib.crc32
-    return [
-        task_id
-        for task_id in held
-        if (crc(task_id.encode("utf-8", "surrogatepass")) & mask) in sent_set and task_id not in theirs
-    ]
+    theirs: Sequence[str] = reply.carried or reply.ids
+    if "partial" in reply.extension:  # its whole set, as the newcomer rebuilt it to verify it
+        parsed = reconcile.parse_partial(reply.extension["partial"])
+        whole = None if isinstance(parsed, str) else reconcile.rebuild(held, *parsed, theirs)
+        if whole is None:
+            return None
+        theirs = whole
+    have = set(theirs)
+    return [task_id for task_id in held if task_id not in have]
 
 
 def plan_push(
@@ -73,7 +67,6 @@ def plan_push(
     own_digest: Callable[[int], str],
     reached: int | None,
     own: str,
-    claim_version: Callable[[Mapping[str, object]], int],
 ) -> PushPlan:
     """The plan for ``held`` (the ids this worker holds and withheld).
 
@@ -100,7 +93,7 @@ def plan_push(
         elif claim.get("digest") is None:
             # A stock reply carries its whole list; a reply of ours without a digest, nothing known.
             lacking = None if claim else _lacking(held, reply)
-        elif claim.get("digest") == own_digest(claim_version(claim)):
+        elif claim.get("digest") == own_digest(protocol.claim_version(claim)):
             lacking = []
         elif claim.get("count") == 0:
             lacking = list(held)

@@ -110,17 +110,14 @@ def revoked_stamps(revoked_set: Any) -> dict[str, Any]:
 def revoked_ages(revoked_set: Any, ids: Sequence[str]) -> list[int]:
     """How long ago each of ``ids`` was revoked, in whole seconds (from the ``LimitedSet``'s
     ``time.monotonic()`` stamps, which only mean something on this host); 0 for an id it
-    does not hold."""
+    does not hold, and for a stamp ahead of this clock (a 5.3-5.6 sender's own)."""
     # Whole seconds: expiries are hours, and 50,000 integers encode and decode much faster.
-    now = time.monotonic()
-    data = revoked_set._data
-    try:
-        ages = [int(now - entry[0]) for entry in map(data.__getitem__, ids)]
-    except KeyError:  # an id no longer held: the slow way
-        return [max(0, int(now - data[i][0])) if i in data else 0 for i in ids]
-    if ages and min(ages) < 0:  # a stamp ahead of this clock (a 5.3-5.6 sender's own)
-        return [max(0, age) for age in ages]
-    return ages
+    return list(iter_revoked_ages(revoked_set, ids))
+
+
+def _ages_of_stamps(now: float, stamps: Iterable[float]) -> Iterator[int]:
+    """``max(0, int(now - stamp))`` of each stamp, with C-level maps."""
+    return map(max, map(int, map(now.__sub__, stamps)), repeat(0))
 
 
 def iter_revoked_ages(revoked_set: Any, ids: Sequence[str]) -> Iterator[int]:
@@ -129,8 +126,7 @@ def iter_revoked_ages(revoked_set: Any, ids: Sequence[str]) -> Iterator[int]:
     now = time.monotonic()
     data = revoked_set._data
     if all(map(data.__contains__, ids)):
-        stamps = map(itemgetter(0), map(data.__getitem__, ids))
-        return map(max, map(int, map(now.__sub__, stamps)), repeat(0))
+        return _ages_of_stamps(now, map(itemgetter(0), map(data.__getitem__, ids)))
     return (max(0, int(now - data[i][0])) if i in data else 0 for i in ids)
 
 
@@ -150,7 +146,7 @@ def revoked_age_runs(revoked_set: Any, ids: Sequence[str]) -> list[float]:
     except KeyError:  # an id no longer held
         return age_runs(iter_revoked_ages(revoked_set, ids))
     if any(map(operator.gt, stamps, islice(stamps, 1, None))):  # not oldest first
-        return age_runs(map(max, map(int, map(now.__sub__, stamps)), repeat(0)))
+        return age_runs(_ages_of_stamps(now, stamps))
     out: list[float] = []
     start, total = 0, len(stamps)
     while start < total:
@@ -162,7 +158,7 @@ def revoked_age_runs(revoked_set: Any, ids: Sequence[str]) -> list[float]:
         # Float rounding at a boundary: the slow way rather than a run that is off by one id.
         off = end < total and int(now - stamps[end]) == age
         if end <= start or int(now - stamps[end - 1]) != age or off:
-            return age_runs(map(max, map(int, map(now.__sub__, stamps)), repeat(0)))
+            return age_runs(_ages_of_stamps(now, stamps))
         out += (age, end - start)
         start = end
     return out

@@ -88,7 +88,7 @@ def test_every_node_is_sent_what_it_lacks(
     reached = len(sets) if count_known else None
     plan = plan_push(
         held_list, kept, answered_names, fetched, lambda v: protocol.digest_by_version(held, v), reached,
-        "me@x", protocol.claim_version,
+        "me@x",
     )  # fmt: skip
     received: dict[str, set[str]] = {name: set() for name in sets}
     for targets, ids in plan.directed:
@@ -117,7 +117,7 @@ def test_every_node_is_sent_what_it_lacks(
 def test_a_reply_of_this_package_without_digest_is_not_known() -> None:
     """A body with a ``mingle`` block and no digest (not a list): nothing known of its set."""
     kept = {"a@x": Reply("a@x", ids=("x",), extension={"v": 2})}
-    plan = plan_push(["x", "y"], kept, ["a@x"], {}, lambda v: "", 1, "me@x", protocol.claim_version)
+    plan = plan_push(["x", "y"], kept, ["a@x"], {}, lambda v: "", 1, "me@x")
     assert plan.known == [] and plan.unknown == "1 nodes answered whose set is not known"
 
 
