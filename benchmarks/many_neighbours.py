@@ -351,8 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in args.neighbours:
                 answerers = Answerers(config_path, n, args.revoked, args.procs, seed=db)
                 try:
-                    # Each neighbour hashes its set at the first digest request after a change
-                    # (the DigestCache): one fast newcomer first, not counted, so that every
+                    # Each neighbour makes its digest tree at the first digest request it gets
+                    # (mingle_plugins.answering.own_set): one fast newcomer first, not counted, so that every
                     # measured one sees the steady state.
                     warm = newcomer(cluster, "fast", n, args.revoked)
                     answerers.wait_idle()

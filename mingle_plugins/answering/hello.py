@@ -7,8 +7,8 @@ the merge policies, the installed Celery's merge), as a :class:`Reply` whose
 ``source`` is ``"request"``; the stock handler then answers with ``revoked=None``.
 A push (``mingle.push``: the ids a withheld broadcast did not carry,
 :mod:`mingle_plugins.hello.push`) is merged the same way and answered by nobody.
-A request of this package's extension (``mingle``) gets a digest (kept by a
-:class:`~mingle_plugins.wire.protocol.DigestCache` between hellos), the ids' ages
+A request of this package's extension (``mingle``) gets a digest (kept up to date per
+change of the revoked set: :mod:`mingle_plugins.answering.own_set`), the ids' ages
 and a signature (:mod:`mingle_plugins.wire.protocol`); a stock request gets the
 stock reply.
 """
@@ -25,8 +25,9 @@ from celery.worker import control as stock_control
 
 from ..hello.checks import InvalidReply, check_nodename, shown
 from ..model import Reply
-from ..wire import compat, protocol, reconcile
+from ..wire import compat, protocol
 from ..wire.bulk import gc_paused
+from .own_set import own_digests
 
 if TYPE_CHECKING:
     from .step import AnsweringStep
@@ -73,9 +74,6 @@ def _aged_since_sent(reply: Reply) -> Reply:
 
 def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the stock ``hello`` handler: the request's ids go through the reply path."""
-    digests = protocol.DigestCache()  # this worker's: its ids are hashed once per change
-    reconciled = reconcile.BucketCache()  # the buckets of the reconciled full lists
-    buckets = protocol.BucketDigestCache()  # the bucketed digest: only the changed buckets
 
     def hello(state: Any, from_node: str, revoked: Any = None, mingle: Any = None, **kwargs: Any) -> Any:
         with gc_paused():  # lists of 50,000 ids both ways: see mingle_plugins.wire.bulk
@@ -123,9 +121,9 @@ def make_hello(step: AnsweringStep, stock_hello: Callable[..., Any]) -> Callable
             step.settings.hmac_keys,
             ages=lambda ids: compat.iter_revoked_ages(revoked_set, ids),
             runs=lambda ids: compat.revoked_age_runs(revoked_set, ids),
-            digest_of=lambda: digests.of(compat.revoked_stamps_view(revoked_set).keys()),
-            buckets_of=lambda count: reconciled.of(compat.revoked_stamps_view(revoked_set).keys(), count),
-            bucketed_of=lambda: buckets.of(compat.revoked_stamps_view(revoked_set).keys()),
+            digest_of=lambda: own_digests(revoked_set).sorted(compat.revoked_stamps_view(revoked_set)),
+            buckets_of=lambda: own_digests(revoked_set).tree,
+            bucketed_of=lambda: own_digests(revoked_set).bucketed(),
         )
         # Outside the signature: a count that ends a collection early, as any reply can on Redis.
         extended["mingle"].update(step.presence.answer_fields(state.consumer))

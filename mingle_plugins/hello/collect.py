@@ -20,6 +20,7 @@ from kombu.utils.uuid import uuid
 
 from ..model import HelloOptions, Verdicts
 from ..wire import compat, protocol, reconcile
+from ..wire.buckets import BucketTree
 from .checks import Malformed, body_problem, decode_error_reason, malformed_label, shown
 from .presence import PresenceCount, SideChannel
 from .push import plan_push
@@ -568,15 +569,23 @@ def hello_exchange(
 
 
 class _OwnDigests:
-    """This worker's digest of ``ids`` by digest version, each made once, when a claim of it comes."""
+    """This worker's digest of ``ids`` by digest version, each made once, when a claim of it
+    comes; the leaves of version 3 serve the reconciliation's bucket digests too."""
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = ids
         self._made: dict[int, str] = {}
+        self._tree: BucketTree | None = None
+
+    def tree(self) -> BucketTree:
+        if self._tree is None:
+            self._tree = BucketTree.of(self.ids)
+        return self._tree
 
     def __call__(self, version: int) -> str:
         if version not in self._made:
-            self._made[version] = protocol.digest_by_version(self.ids, version)
+            made = self.tree().digest() if version == protocol.BUCKETED else protocol.digest(self.ids)
+            self._made[version] = made
         return self._made[version]
 
 
@@ -668,7 +677,7 @@ def _fetch_full_lists(
         # buckets that differ (mingle_plugins.wire.reconcile); a list asked again is a full one.
         counts = [verdicts.kept[n].extension.get("count") for ns in groups.values() for n in ns]
         claimed = max((c for c in counts if type(c) is int), default=0)  # a claim is not checked
-        have = reconcile.offer(held, claimed) if held is not None else None
+        have = reconcile.offer(held, claimed, own_digest.tree()) if held is not None else None
         got = collector.fetch_full_lists(
             protocol.full_list_request(hostname, arguments, have),
             groups,

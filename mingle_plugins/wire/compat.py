@@ -15,7 +15,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -34,6 +34,8 @@ __all__ = [
     "merge_aged",
     "revoked_ages",
     "merge_ids",
+    "ObservedStamps",
+    "observed_stamps",
     "publish_hello",
     "revoked_for_hello",
     "revoked_stamps",
@@ -100,6 +102,110 @@ def revoked_stamps_view(revoked_set: Any) -> Mapping[str, Any]:
     membership in it is a C-level dict lookup, where ``id in revoked_set`` is a Python call."""
     data: Mapping[str, Any] = revoked_set._data
     return data
+
+
+class ObservedStamps(dict[Any, Any]):
+    """A ``LimitedSet``'s ``{id: entry}`` (its private ``_data``) that notes the keys written or
+    removed since it was last :meth:`drained <drain>`: every way Celery's ``LimitedSet`` (5.3 to
+    5.7) and this module change it goes through a method below. A write of many keys at once
+    (``update``, ``clear``), or more changes than :attr:`limit` between two drains, is noted as
+    "read them all" instead, so that the notes never grow past a fraction of the set.
+    Everything else (lookups, iteration, ``len``) is the dict's own, at C speed.
+    """
+
+    __slots__ = ("_changed", "_lost", "index", "limit")
+
+    def __init__(self, data: Mapping[Any, Any]) -> None:
+        super().__init__(data)
+        self._changed: list[Any] = []
+        self._lost = True  # nothing noted yet: the first reader reads every key
+        #: more changes than this between two drains are noted as "read them all"
+        self.limit = 4096
+        #: what the reader keeps between two drains (:mod:`mingle_plugins.answering.own_set`)
+        self.index: Any = None
+
+    def _note(self, key: Any) -> None:
+        if not self._lost:
+            self._changed.append(key)
+            if len(self._changed) > self.limit:
+                self._lose()
+
+    def _lose(self) -> None:
+        self._lost = True
+        self._changed = []
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._note(key)
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._note(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self._note(key)
+        return value
+
+    def popitem(self) -> tuple[Any, Any]:
+        item = super().popitem()
+        self._note(item[0])
+        return item
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        value = super().setdefault(key, default)
+        self._note(key)
+        return value
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        if isinstance(other, Mapping):
+            super().update(other, **kwargs)
+            for key in chain(other.keys(), kwargs):
+                if self._lost:
+                    break
+                self._note(key)
+        else:  # pairs, maybe an iterator: each key noted as it goes in
+            super().update(self._noted(other), **kwargs)
+            for key in kwargs:
+                self._note(key)
+
+    def _noted(self, pairs: Iterable[Any]) -> Iterator[Any]:
+        for pair in pairs:
+            if not self._lost:
+                self._note(pair[0])
+            yield pair
+
+    def clear(self) -> None:
+        self._lose()
+        super().clear()
+
+    def __ior__(self, other: Any) -> ObservedStamps:  # type: ignore[misc]
+        self._lose()
+        super().__ior__(other)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (a pickle serializer, a statedb) as a dict
+        return (dict, (dict(self),))
+
+    def drain(self) -> list[Any] | None:
+        """The keys noted since the last drain (each is in the dict or was removed from it), and
+        a fresh start; ``None`` when they were too many or written in bulk: read every key."""
+        changed, lost = self._changed, self._lost
+        self._changed, self._lost = [], False
+        self.limit = max(4096, len(self) // 4)
+        return None if lost else changed
+
+
+def observed_stamps(revoked_set: Any) -> ObservedStamps:
+    """The ``_data`` of ``revoked_set`` as an :class:`ObservedStamps`, put in place (the same keys
+    and entries) the first time: one per set, whoever asks. A set whose ``_data`` was replaced
+    since (a ``LimitedSet`` of another release) gets a new one, which starts with "read them all"."""
+    data = revoked_set._data
+    if type(data) is ObservedStamps:
+        return data
+    observed = ObservedStamps(data)
+    revoked_set._data = observed
+    return observed
 
 
 def revoked_stamps(revoked_set: Any) -> dict[str, Any]:

@@ -12,8 +12,9 @@ A newcomer running this package may add a ``mingle`` argument to the stock
   (:func:`bucketed_digest`), and a neighbour that can make it answers with it and ``"dv": 3``;
   a neighbour of an earlier release ignores the field and answers with the sorted digest above,
   without ``dv`` (digest version 2), which the newcomer still reads. The bucketed digest is
-  order-free like the sorted one, and a neighbour keeps it up to date in O(changed ids) hashing
-  (:class:`BucketDigestCache`): a revoke or an expiry rehashes one bucket, not the whole set.
+  order-free like the sorted one (:mod:`mingle_plugins.wire.buckets`), and a neighbour keeps
+  it up to date from the ids that changed (:mod:`mingle_plugins.answering.own_set`): a revoke
+  or an expiry hashes its leaf again, not the whole set.
 - ``"nonce": S, "sent_at": T, "request_signature": R``: with ``mingle_hmac_keys``
   set, the request is signed (HMAC-SHA256 of the nonce, the sender, the digest
   of the ids it carries and its send time T, ``time.time()``); a receiver
@@ -89,11 +90,11 @@ import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from itertools import accumulate, chain, count, groupby, repeat
 from typing import TYPE_CHECKING, Any, cast, overload
 
 from . import reconcile
+from .buckets import EMPTY_BUCKETED_DIGEST, BucketTree, bucketed_digest
 
 if TYPE_CHECKING:
     from ..model import HelloOptions
@@ -107,9 +108,7 @@ __all__ = [
     "EMPTY_DIGEST",
     "INSTANCE",
     "VERSION",
-    "BucketDigestCache",
     "same_name_of",
-    "DigestCache",
     "bucketed_digest",
     "claim_version",
     "digest_by_version",
@@ -147,65 +146,8 @@ def digest(ids: Iterable[str]) -> str:
 EMPTY_DIGEST = digest(())
 
 
-class DigestCache:
-    """The digest of a worker's own revoked ids, hashed again only when the ids changed.
-
-    Every newcomer's hello asks each neighbour for it: hashing 50,000 ids takes
-    about 15 ms a time, finding that they are the ids of the last digest about
-    1.5 ms (one C-level comparison of two sets), so a rollout of many newcomers
-    does not make every neighbour hash its ids once per newcomer.
-    """
-
-    def __init__(self) -> None:
-        self._ids: frozenset[Any] = frozenset()
-        self._digest = EMPTY_DIGEST
-        self._count = 0
-
-    def of(self, ids: AbstractSet[Any]) -> tuple[str, int]:
-        """``(digest, count)`` of the string ids in ``ids`` (a set, or a dict's keys)."""
-        if len(ids) != len(self._ids) or ids != self._ids:
-            strings = [task_id for task_id in ids if isinstance(task_id, str)]
-            self._ids, self._digest, self._count = frozenset(ids), digest(strings), len(strings)
-        return self._digest, self._count
-
-
 #: The digest version of :func:`bucketed_digest` (``mingle.dv``); 2, the sorted digest, when absent.
 BUCKETED = 3
-_BUCKETED_SEED = b"mingle-bucketed-digest-v3\n"
-
-
-def _bucket_key(task_id: str) -> str:
-    """The bucket of an id: its first two characters (256 buckets for UUIDs; any string works)."""
-    return task_id[:2]
-
-
-def _bucket_hash(ordered: Sequence[str]) -> bytes:
-    """SHA-256 of a bucket's ids, sorted, each followed by a newline (as :func:`digest`)."""
-    return hashlib.sha256(("\n".join(ordered) + "\n").encode("utf-8", "surrogatepass")).digest()
-
-
-def _top(hashes: Mapping[str, bytes]) -> str:
-    top = hashlib.sha256(_BUCKETED_SEED)
-    for key in sorted(hashes):
-        raw = key.encode("utf-8", "surrogatepass")
-        top.update(len(raw).to_bytes(1, "big") + raw + hashes[key])
-    return top.hexdigest()
-
-
-def bucketed_digest(ids: Iterable[str]) -> str:
-    """Digest version 3: SHA-256 over the buckets' hashes (bucket: the ids' first two characters;
-    each bucket's hash the SHA-256 of its sorted ids), in the order of the bucket keys.
-
-    Equal sets give equal digests whatever their order (a hash tree of two levels over a
-    partition of the sorted ids, as collision-resistant as SHA-256: unlike a sum or XOR of
-    per-id hashes, no other set can be crafted to the same digest), and one changed id
-    changes the hash of its bucket only, which :class:`BucketDigestCache` rehashes alone.
-    """
-    ordered = sorted(ids)
-    return _top({key: _bucket_hash(list(group)) for key, group in groupby(ordered, key=_bucket_key)})
-
-
-EMPTY_BUCKETED_DIGEST = bucketed_digest(())
 
 
 def claim_version(extension: Mapping[str, Any]) -> int:
@@ -216,60 +158,6 @@ def claim_version(extension: Mapping[str, Any]) -> int:
 def digest_by_version(ids: Iterable[str], version: int) -> str:
     """The digest of ``ids`` in ``version`` (:func:`claim_version`)."""
     return bucketed_digest(ids) if version == BUCKETED else digest(ids)
-
-
-class BucketDigestCache:
-    """The bucketed digest of a worker's own revoked ids, kept up to date per change.
-
-    Between two hellos the ids are compared with those of the last digest (one C-level
-    set difference each way, ~2-4 ms for 50,000); only the buckets of the ids added or
-    gone are sorted and hashed again (~200 ids each for UUIDs), then the 256 bucket
-    hashes. A first fill, or a change of most buckets, is one pass over every id.
-    """
-
-    def __init__(self) -> None:
-        self._ids: frozenset[Any] = frozenset()
-        self._buckets: dict[str, set[str]] = {}
-        self._hashes: dict[str, bytes] = {}
-        self._digest = EMPTY_BUCKETED_DIGEST
-        self._count = 0
-
-    def of(self, ids: AbstractSet[Any]) -> tuple[str, int]:
-        """``(bucketed digest, count)`` of the string ids in ``ids`` (a set, or a dict's keys)."""
-        if len(ids) == len(self._ids) and ids == self._ids:
-            return self._digest, self._count
-        added = [i for i in ids - self._ids if isinstance(i, str)]
-        gone = [i for i in self._ids - ids if isinstance(i, str)]
-        if len(added) + len(gone) > len(ids) // 4:  # most buckets change: one pass
-            self._rebuild([i for i in ids if isinstance(i, str)])
-        else:
-            changed: set[str] = set()
-            for task_id in added:
-                key = _bucket_key(task_id)
-                self._buckets.setdefault(key, set()).add(task_id)
-                changed.add(key)
-            for task_id in gone:
-                key = _bucket_key(task_id)
-                self._buckets[key].discard(task_id)
-                changed.add(key)
-            for key in changed:
-                members = self._buckets.get(key)
-                if members:
-                    self._hashes[key] = _bucket_hash(sorted(members))
-                else:
-                    self._buckets.pop(key, None)
-                    self._hashes.pop(key, None)
-            self._count += len(added) - len(gone)
-            self._digest = _top(self._hashes)
-        self._ids = frozenset(ids)
-        return self._digest, self._count
-
-    def _rebuild(self, strings: list[str]) -> None:
-        strings.sort()
-        self._buckets = {key: set(group) for key, group in groupby(strings, key=_bucket_key)}
-        self._hashes = {key: _bucket_hash(sorted(members)) for key, members in self._buckets.items()}
-        self._count = len(strings)
-        self._digest = _top(self._hashes)
 
 
 def pack_ids(ids: Sequence[str]) -> str | None:
@@ -512,17 +400,17 @@ def extend_reply(
     runs: Callable[[list[str]], list[float]] | None = None,
     digest_of: Callable[[], tuple[str, int]] | None = None,
     bucketed_of: Callable[[], tuple[str, int]] | None = None,
-    buckets_of: Callable[[int], reconcile.Buckets] | None = None,
+    buckets_of: Callable[[], BucketTree] | None = None,
 ) -> dict[str, Any]:
     """Answer a newcomer's ``mingle`` request.
 
-    ``want: "digest"``: a digest instead of the ids (``digest_of()``, this node's
-    :class:`DigestCache`, else hashed here; ``bucketed_of()``, its :class:`BucketDigestCache`,
-    when the request asks ``dv: 3``). Otherwise the ids, with their ages
+    ``want: "digest"``: a digest instead of the ids (``digest_of()``, this node's sorted
+    digest, else hashed here; ``bucketed_of()``, its bucketed digest, when the request asks
+    ``dv: 3``: :mod:`mingle_plugins.answering.own_set` keeps both). Otherwise the ids, with their ages
     (``ages(ids)``, an iterable) when the request carries ages (its sender keeps them), as
     runs when it asks ``age_runs`` (``runs(ids)`` when given, else made of ``ages``); packed
     into ``mingle.ids`` when the request says ``packed``; with the request's ``have`` and
-    ``buckets_of`` (this node's :class:`~mingle_plugins.wire.reconcile.BucketCache`), only
+    ``buckets_of()`` (this node's :class:`~mingle_plugins.wire.buckets.BucketTree`), only
     the ids of the buckets that differ (``mingle.partial``). Signed when ``keys``.
     """
     out = dict(reply)
@@ -535,7 +423,7 @@ def extend_reply(
             ext["dv"] = BUCKETED
         else:
             ext["digest"], ext["count"] = digest_of() if digest_of else _digest_and_count(revoked)
-        out["revoked"] = type(revoked or [])()  # [] or {}, as this Celery sends
+        out["revoked"] = _empty_like(revoked)
     else:
         # The reply's own list when it holds strings only (a copy of 50,000 ids less at the peak).
         usual = type(revoked) is list and set(map(type, revoked)) <= {str}
@@ -554,7 +442,7 @@ def extend_reply(
             packed = pack_ids(carried) if request.get("packed") is True and carried else None
             if packed is not None:
                 ext["ids"] = packed
-                out["revoked"] = type(revoked or [])()
+                out["revoked"] = _empty_like(revoked)
             elif partial is not None:
                 out["revoked"] = (
                     {i: revoked[i] for i in carried} if isinstance(revoked, Mapping) else list(carried)
@@ -566,6 +454,12 @@ def extend_reply(
         ext["signature"] = sign(keys[0], nonce, node, out.get("clock"), carried, ext)
     out["mingle"] = ext
     return out
+
+
+def _empty_like(revoked: Any) -> list[Any] | dict[Any, Any]:
+    """``[]`` or ``{}``, as this Celery sends its revoked ids (a 5.3-5.6 stamp dict, maybe the
+    set's own observed dict, is a ``dict`` here)."""
+    return {} if isinstance(revoked, Mapping) else []
 
 
 def _digest_and_count(revoked: Any) -> tuple[str, int]:

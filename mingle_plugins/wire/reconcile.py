@@ -4,11 +4,12 @@ The method is bucketed digest comparison, the one-level form of a Merkle (hash) 
 comparison (R. C. Merkle, "A Digital Signature Based on a Conventional Encryption Function",
 CRYPTO '87; used for the same purpose by Amazon's Dynamo, DeCandia et al., SOSP 2007, §4.7,
 and by Cassandra's anti-entropy repair). Both sides put each id in one of ``B`` buckets
-(CRC-32 of the id, modulo ``B``) and hash each bucket's sorted ids:
+(CRC-32 of the id, modulo ``B``) and hash each bucket (its leaves of
+:mod:`mingle_plugins.wire.buckets`, the partition the bucketed digest is made of too):
 
 - the newcomer's full-list request carries ``mingle.have = {"buckets": B, "digests": D}``,
-  ``D`` the base64 of its ``B`` bucket digests (4 bytes each: the first 4 bytes of the
-  SHA-256 of the bucket's sorted, newline-terminated ids);
+  ``D`` the base64 of its ``B`` bucket digests (4 bytes each:
+  :meth:`~mingle_plugins.wire.buckets.BucketTree.bucket_digests`);
 - a neighbour of this version answers with the ids of the buckets whose digest differs from
   the newcomer's only, and ``mingle.partial = {"buckets": B, "sent": [i, ...]}`` (the bucket
   numbers it sent, signed with the reply); when more than half the buckets differ it sends
@@ -28,18 +29,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import zlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
+
+from .buckets import BUCKET_DIGEST_BYTES, LEAVES, BucketTree
 
 __all__ = [
     "DIGEST_BYTES",
     "MIN_HELD",
-    "BucketCache",
-    "Buckets",
     "answer",
     "bucket_of",
     "bucket_count",
@@ -49,12 +47,12 @@ __all__ = [
 ]
 
 #: Bytes of each bucket digest: a collision costs a fallback to the full list, never an id.
-DIGEST_BYTES = 4
+DIGEST_BYTES = BUCKET_DIGEST_BYTES
 #: Below this many held ids a full list is small: no reconciliation is offered.
 MIN_HELD = 1000
 #: Ids per bucket aimed at; the bucket count is a power of two between these bounds.
 IDS_PER_BUCKET = 24
-MIN_BUCKETS, MAX_BUCKETS = 64, 4096
+MIN_BUCKETS, MAX_BUCKETS = 64, LEAVES
 
 
 def bucket_count(held: int) -> int:
@@ -74,58 +72,15 @@ def bucket_of(task_id: str, count: int) -> int:
     return zlib.crc32(_encoded(task_id)) & (count - 1)
 
 
-@dataclass(frozen=True)
-class Buckets:
-    """A set of ids in ``count`` buckets: the ids of each bucket, and its digest."""
-
-    count: int
-    ids: tuple[tuple[str, ...], ...]
-    digests: bytes  # ``count`` digests of DIGEST_BYTES each
-
-    @classmethod
-    def of(cls, ids: Iterable[Any], count: int) -> Buckets:
-        groups: list[list[str]] = [[] for _ in range(count)]
-        mask = count - 1  # count is a power of two
-        crc = zlib.crc32
-        for task_id in ids:
-            if isinstance(task_id, str):
-                groups[crc(_encoded(task_id)) & mask].append(task_id)
-        sorted_groups = tuple(tuple(sorted(g)) for g in groups)
-        digests = b"".join(
-            hashlib.sha256(("\n".join(g) + "\n").encode("utf-8", "surrogatepass") if g else b"").digest()[
-                :DIGEST_BYTES
-            ]
-            for g in sorted_groups
-        )
-        return cls(count, sorted_groups, digests)
-
-    def digest(self, i: int) -> bytes:
-        return self.digests[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]
-
-
-class BucketCache:
-    """A worker's own :class:`Buckets`, made again only when its ids (or the count asked) changed."""
-
-    def __init__(self) -> None:
-        self._ids: frozenset[Any] = frozenset()
-        self._made: dict[int, Buckets] = {}
-
-    def of(self, ids: AbstractSet[Any], count: int) -> Buckets:
-        if len(ids) != len(self._ids) or ids != self._ids:
-            self._ids, self._made = frozenset(ids), {}
-        made = self._made.get(count)
-        if made is None:
-            made = self._made[count] = Buckets.of(self._ids, count)
-        return made
-
-
-def offer(held: Collection[str], claimed: int) -> dict[str, Any] | None:
+def offer(held: Collection[str], claimed: int, tree: BucketTree | None = None) -> dict[str, Any] | None:
     """The ``have`` block of a full-list request; ``None`` when a full list is as cheap: fewer
-    than :data:`MIN_HELD` ids held, or fewer than half of the largest count a neighbour claimed."""
+    than :data:`MIN_HELD` ids held, or fewer than half of the largest count a neighbour claimed.
+    ``tree``: the :class:`BucketTree` of ``held``, when the caller made it already."""
     if len(held) < MIN_HELD or 2 * len(held) < claimed:
         return None
-    buckets = Buckets.of(held, bucket_count(max(len(held), claimed)))
-    return {"buckets": buckets.count, "digests": base64.b64encode(buckets.digests).decode()}
+    count = bucket_count(max(len(held), claimed))
+    digests = (tree or BucketTree.of(held)).bucket_digests(count)
+    return {"buckets": count, "digests": base64.b64encode(digests).decode()}
 
 
 def _parse_have(have: Any) -> tuple[int, bytes] | None:
@@ -145,22 +100,24 @@ def _parse_have(have: Any) -> tuple[int, bytes] | None:
     return count, digests
 
 
-def answer(have: Any, buckets_of: Any) -> tuple[list[str], dict[str, Any]] | None:
+def answer(have: Any, tree_of: Callable[[], BucketTree]) -> tuple[list[str], dict[str, Any]] | None:
     """The answering side: the ids of the buckets that differ from the newcomer's, and the
     ``partial`` block; ``None`` (send the full list) for a ``have`` this version does not read
     or when more than half the buckets differ.
 
-    ``buckets_of(count)`` returns this worker's :class:`Buckets` (a :class:`BucketCache`).
+    ``tree_of()`` returns this worker's :class:`BucketTree` (kept per change: only when the
+    ``have`` is read).
     """
     parsed = _parse_have(have)
     if parsed is None:
         return None
     count, theirs = parsed
-    mine: Buckets = buckets_of(count)
-    sent = [i for i in range(count) if mine.digest(i) != theirs[i * DIGEST_BYTES : (i + 1) * DIGEST_BYTES]]
+    tree = tree_of()
+    mine, size = tree.bucket_digests(count), DIGEST_BYTES
+    sent = [i for i in range(count) if mine[i * size : (i + 1) * size] != theirs[i * size : (i + 1) * size]]
     if 2 * len(sent) > count:
         return None
-    ids = [task_id for i in sent for task_id in mine.ids[i]]
+    ids = [task_id for i in sent for task_id in tree.bucket_ids(i, count)]
     return ids, {"buckets": count, "sent": sent}
 
 

@@ -33,6 +33,7 @@ from kombu import Connection, Exchange
 
 from mingle_plugins.bootstep import Mingle
 from mingle_plugins.wire import protocol, reconcile
+from mingle_plugins.wire.buckets import BucketTree
 from tests.conftest import claimed_broker
 from tests.unit.test_verdicts_differential import DropNode, _model  # the same policy and model
 
@@ -132,7 +133,7 @@ class Scenario:
                 name,
                 (KEY,) if self.signing else (),
                 ages=lambda c: [5.0] * len(c),
-                buckets_of=lambda count: reconcile.Buckets.of(carried, count),
+                buckets_of=lambda: BucketTree.of(carried),
             )
             return [(0.0 if self.cluster["shadow_first"] else 0.02, {name: reply})]
 

@@ -25,6 +25,7 @@ from mingle_plugins.bootstep import Mingle
 from mingle_plugins.hello.push import plan_push
 from mingle_plugins.model import HelloOptions, Reply
 from mingle_plugins.wire import protocol, reconcile
+from mingle_plugins.wire.buckets import BucketTree
 
 POOL = [f"{i:04x}-id" for i in range(120)]
 KINDS = ("same", "empty", "full", "partial", "member", "stock", "unfetched", "silent")
@@ -68,9 +69,9 @@ def test_every_node_is_sent_what_it_lacks(
         elif kind == "partial":
             have = {
                 "buckets": 64,
-                "digests": base64.b64encode(reconcile.Buckets.of(held, 64).digests).decode(),
+                "digests": base64.b64encode(BucketTree.of(held).bucket_digests(64)).decode(),
             }
-            answered = reconcile.answer(have, lambda c, t=theirs: reconcile.Buckets.of(t, c))  # type: ignore[misc]
+            answered = reconcile.answer(have, lambda t=theirs: BucketTree.of(t))  # type: ignore[misc]
             if answered is None:  # more than half the buckets differ: a full list instead
                 kept[name] = Reply(name, ids=tuple(theirs), extension={"v": 2})
             else:

@@ -8,20 +8,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mingle_plugins.wire import protocol, reconcile
+from mingle_plugins.wire.buckets import BucketTree
 
 ids = st.sets(st.text(min_size=1, max_size=12), max_size=300)
 
 
 def _have(held: set[str], count: int) -> dict[str, object]:
-    return {"buckets": count, "digests": base64.b64encode(reconcile.Buckets.of(held, count).digests).decode()}
+    return {"buckets": count, "digests": base64.b64encode(BucketTree.of(held).bucket_digests(count)).decode()}
 
 
 @settings(max_examples=200, deadline=None)
 @given(held=ids, theirs=ids, count=st.sampled_from([64, 128, 1024]))
 def test_the_rebuilt_set_is_the_neighbours_set(held: set[str], theirs: set[str], count: int) -> None:
-    answered = reconcile.answer(_have(held, count), lambda c: reconcile.Buckets.of(theirs, c))
-    mine, other = reconcile.Buckets.of(held, count), reconcile.Buckets.of(theirs, count)
-    differ = sum(mine.digest(i) != other.digest(i) for i in range(count))
+    answered = reconcile.answer(_have(held, count), lambda: BucketTree.of(theirs))
+    mine, other = BucketTree.of(held).bucket_digests(count), BucketTree.of(theirs).bucket_digests(count)
+    size = reconcile.DIGEST_BYTES
+    differ = sum(mine[i * size : (i + 1) * size] != other[i * size : (i + 1) * size] for i in range(count))
+
+    # a bucket differs exactly when its ids differ (no 4-byte collision among so few buckets)
+    def bucket(ids: set[str], i: int) -> set[str]:
+        return {t for t in ids if reconcile.bucket_of(t, count) == i}
+
+    assert differ == sum(bucket(held, i) != bucket(theirs, i) for i in range(count))
     if answered is None:  # more than half the buckets differ: the full list goes instead
         assert 2 * differ > count
         return
@@ -48,7 +56,7 @@ def test_a_lie_about_equal_buckets_fails_the_digest_check(held: set[str], theirs
 def test_ids_outside_the_buckets_sent_are_refused() -> None:
     theirs = {f"id-{n}" for n in range(200)}
     held = theirs - {"id-1", "id-2", "id-3"}
-    answered = reconcile.answer(_have(held, 64), lambda c: reconcile.Buckets.of(theirs, c))
+    answered = reconcile.answer(_have(held, 64), lambda: BucketTree.of(theirs))
     assert answered is not None
     sent_ids, partial = answered
     assert {"id-1", "id-2", "id-3"} <= set(sent_ids) and len(partial["sent"]) <= 3
@@ -65,15 +73,15 @@ def test_offer_only_when_it_saves() -> None:
     have = reconcile.offer(many, 5000)
     assert have is not None
     assert have["buckets"] == reconcile.bucket_count(5000)
-    assert base64.b64decode(str(have["digests"])) == reconcile.Buckets.of(many, have["buckets"]).digests
+    assert base64.b64decode(str(have["digests"])) == BucketTree.of(many).bucket_digests(have["buckets"])
 
 
 def test_malformed_blocks_are_read_as_none_or_a_problem() -> None:
-    mine = reconcile.Buckets.of({"a"}, 64)
+    mine = BucketTree.of({"a"})
     for have in (None, [], {"buckets": 63, "digests": ""}, {"buckets": 64, "digests": "!!"},
                  {"buckets": 64, "digests": base64.b64encode(b"x" * 10).decode()},
                  {"buckets": 2**20, "digests": ""}, {"buckets": True, "digests": ""}):  # fmt: skip
-        assert reconcile.answer(have, lambda c: mine) is None, have
+        assert reconcile.answer(have, lambda: mine) is None, have
     for partial in (None, {"buckets": 64}, {"buckets": 64, "sent": [64]}, {"buckets": 64, "sent": [1, 1]},
                     {"buckets": 65, "sent": []}, {"buckets": 64, "sent": ["1"]}):  # fmt: skip
         assert isinstance(reconcile.parse_partial(partial), str), partial
@@ -91,7 +99,7 @@ def test_a_reconciled_reply_is_signed_with_its_buckets() -> None:
         "nb@x",
         ("k" * 32,),
         ages=lambda carried: [1] * len(carried),
-        buckets_of=lambda c: reconcile.Buckets.of(theirs, c),
+        buckets_of=lambda: BucketTree.of(theirs),
     )
     ext = reply["mingle"]
     assert "partial" in ext
@@ -112,7 +120,7 @@ def test_an_older_request_gets_the_full_list() -> None:
         "nb@x",
         (),
         ages=lambda carried: [1] * len(carried),
-        buckets_of=lambda c: reconcile.Buckets.of(theirs, c),
+        buckets_of=lambda: BucketTree.of(theirs),
     )
     assert "partial" not in reply["mingle"]
     assert protocol.unpack_ids(reply["mingle"]["ids"]) == theirs

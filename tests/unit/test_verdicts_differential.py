@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from mingle_plugins import hookimpl
 from mingle_plugins.bootstep import Mingle
-from mingle_plugins.wire import protocol, reconcile
+from mingle_plugins.wire import protocol
+from mingle_plugins.wire.buckets import BucketTree
 
 KEY = "k" * 32
 NONCE = "n" * 32
@@ -57,14 +58,14 @@ def _body(
         node,
         (KEY,) if signing else (),
         ages=lambda carried: [5] * len(carried),
-        buckets_of=lambda count: reconcile.Buckets.of(ids, count),
+        buckets_of=lambda: BucketTree.of(ids),
     )
 
 
 def _have(held: set[str]) -> dict[str, Any]:
     """The newcomer's offer of bucket digests (64 buckets: the sets here are small)."""
-    buckets = reconcile.Buckets.of(held, 64)
-    return {"buckets": 64, "digests": base64.b64encode(buckets.digests).decode()}
+    digests = BucketTree.of(held).bucket_digests(64)
+    return {"buckets": 64, "digests": base64.b64encode(digests).decode()}
 
 
 clusters = st.fixed_dictionaries(
