@@ -53,11 +53,12 @@ def leaf_of(task_id: str) -> int:
     return zlib.crc32(_encoded(task_id)) & _MASK
 
 
-def _leaf_hash(members: list[str]) -> bytes:
-    """SHA-256 of a leaf's ids, sorted, each followed by a newline; ``b""`` for an empty leaf."""
+def _leaf_entry(j: int, members: list[str]) -> bytes:
+    """Leaf ``j``'s part of a digest: its number (2 bytes) and the SHA-256 of its ids, sorted,
+    each followed by a newline; ``b""`` for an empty leaf (it is left out)."""
     if not members:
         return b""
-    return hashlib.sha256(_encoded("\n".join(sorted(members)) + "\n")).digest()
+    return j.to_bytes(2, "big") + hashlib.sha256(_encoded("\n".join(sorted(members)) + "\n")).digest()
 
 
 class BucketTree:
@@ -68,11 +69,12 @@ class BucketTree:
     leaves again, once, and cache what they make until the next change.
     """
 
-    __slots__ = ("_by_count", "_hashes", "_leaves", "_others", "_top", "generation", "strings")
+    __slots__ = ("_by_count", "_dirty", "_entries", "_leaves", "_others", "_top", "generation", "strings")
 
     def __init__(self) -> None:
         self._leaves: list[list[str]] = [[] for _ in range(LEAVES)]
-        self._hashes: list[bytes | None] = [b""] * LEAVES  # None: to be hashed again
+        self._entries: list[bytes] = [b""] * LEAVES
+        self._dirty: set[int] = set()  # the leaves whose entry is to be made again
         self._others: set[Any] = set()  # keys that are not strings: counted, not hashed
         self._top: str | None = None
         self._by_count: dict[int, bytes] = {}
@@ -87,12 +89,14 @@ class BucketTree:
         tree = cls()
         leaves, crc, others = tree._leaves, zlib.crc32, tree._others
         for task_id in ids:
-            if isinstance(task_id, str):
-                leaves[crc(_encoded(task_id)) & _MASK].append(task_id)
+            if type(task_id) is str:
+                leaves[crc(task_id.encode("utf-8", "surrogatepass")) & _MASK].append(task_id)
+            elif isinstance(task_id, str):
+                leaves[leaf_of(task_id)].append(task_id)
             else:
                 others.add(task_id)
         tree.strings = sum(map(len, leaves))
-        tree._hashes = [None if leaf else b"" for leaf in leaves]
+        tree._dirty = {j for j, leaf in enumerate(leaves) if leaf}
         return tree
 
     @property
@@ -116,38 +120,32 @@ class BucketTree:
         else:
             leaf.remove(key)
             self.strings -= 1
-        self._hashes[j] = None
+        self._dirty.add(j)
         self._top = None
         self._by_count.clear()
         self.generation += 1
 
-    def _leaf_hashes(self) -> list[bytes]:
-        hashes = self._hashes
-        for j, known in enumerate(hashes):
-            if known is None:
-                hashes[j] = _leaf_hash(self._leaves[j])
-        return hashes  # type: ignore[return-value]  # none is None any more
+    def _leaf_entries(self) -> list[bytes]:
+        entries, leaves = self._entries, self._leaves
+        for j in self._dirty:
+            entries[j] = _leaf_entry(j, leaves[j])
+        self._dirty.clear()
+        return entries
 
     def digest(self) -> str:
         """The bucketed digest (digest version 3) of the set."""
         if self._top is None:
-            top = hashlib.sha256(_SEED)
-            top.update(b"".join(j.to_bytes(2, "big") + h for j, h in enumerate(self._leaf_hashes()) if h))
-            self._top = top.hexdigest()
+            self._top = hashlib.sha256(_SEED + b"".join(self._leaf_entries())).hexdigest()
         return self._top
 
     def bucket_digests(self, count: int) -> bytes:
         """The ``count`` reconciliation bucket digests (:data:`BUCKET_DIGEST_BYTES` each), in order."""
         made = self._by_count.get(count)
         if made is None:
-            hashes, sha, size = self._leaf_hashes(), hashlib.sha256, BUCKET_DIGEST_BYTES
-            made = b"".join(
-                sha(
-                    b"".join(j.to_bytes(2, "big") + hashes[j] for j in range(i, LEAVES, count) if hashes[j])
-                ).digest()[:size]
-                for i in range(count)
+            entries, sha, size = self._leaf_entries(), hashlib.sha256, BUCKET_DIGEST_BYTES
+            made = self._by_count[count] = b"".join(
+                sha(b"".join(entries[i::count])).digest()[:size] for i in range(count)
             )
-            self._by_count[count] = made
         return made
 
     def bucket_ids(self, i: int, count: int) -> list[str]:
