@@ -150,3 +150,21 @@ def test_the_judge_quick_run_prints_its_tables_and_leaves_no_key(tmp_path: Path)
             assert not any(any(tag in key.decode() for tag in tags) for key in client.scan_iter(count=1000))
         finally:
             client.close()
+
+
+@pytest.mark.redis
+def test_the_answer_cost_benchmark_measures_each_request(tmp_path: Path) -> None:
+    """A neighbour holding 2,000 ids answers 3 digest requests, steady and after 2 revokes each."""
+    services.require("redis")
+    out_json = tmp_path / "answer.json"
+    script = SCRIPT.with_name("answer_cost.py")
+    args = ["--revoked", "2000", "--hellos", "3", "--change", "0,2", "--json", str(out_json)]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    header, rows = table(proc.stdout.splitlines(), "| code | ids revoked before each |")
+    assert [row[1] for row in rows] == ["0", "2"] and all("this checkout" in row[0] for row in rows)
+    results = json.loads(out_json.read_text())
+    assert [r["change"] for r in results] == [0, 2]
+    for r in results:
+        assert len(r["cpu_ms"]) == 3 and all(ms > 0 for ms in r["cpu_ms"]), r  # the worker ran for each
+        assert r["min"] <= r["median"] <= r["max"]
