@@ -9,13 +9,14 @@ starts against N neighbours that are *lightweight answerers*: a few processes
   its own pub/sub subscription, so the hello's PUBLISH counts N receivers), kombu's
   pidbox ``Node`` of each neighbour, Celery's own control handlers (``Panel.data``)
   with this package's answering code installed on each node exactly as the worker's
-  bootstep installs it (``install_handlers``: the checked ``hello``, the digest cache
-  per neighbour, the ages, the ``mingle`` reply block), and the newcomer, a whole
+  bootstep installs it (``install_handlers``: the checked ``hello``, the digests kept
+  per change of the revoked set, the ages, the ``mingle`` reply block), and the newcomer, a whole
   ``celery worker`` process measured from process start to ``ready.``;
 - not real: the neighbours are not whole workers (no task consumer, no event loop, no
   heartbeat); the neighbours of one process share Celery's process-global revoked set
   (``celery.worker.state.revoked``), so all N hold the same R ids, as in
-  ``mingle_bench.py``; and the neighbours of one process answer one after another on
+  ``mingle_bench.py``, and the same digest tree (made once per process and change, where
+  N real workers would each keep their own); and the neighbours of one process answer one after another on
   one core, where N real workers would each have their own process (so the time until
   the last reply is an upper bound of a real fleet's on this machine).
 
