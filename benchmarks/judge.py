@@ -943,6 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import celery
     import kombu
 
+    log(benchlib.compile_checkout())
+
     started = time.monotonic()
     load_start = os.getloadavg()
     results: list[Measurement] = []

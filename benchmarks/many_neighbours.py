@@ -340,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.answerer:
         return answerer(args.answerer, args.names.split(","), args.revoked, args.seed)
+    import benchlib
+
+    print(f"# {benchlib.compile_checkout()}", file=sys.stderr)
     db = free_redis_db()
     url = f"redis://127.0.0.1:6379/{db}"
     results: list[Result] = []

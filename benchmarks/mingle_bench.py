@@ -524,6 +524,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    benchlib.log(benchlib.compile_checkout())
     started = time.monotonic()
     results: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="mingle-bench-") as tmp:

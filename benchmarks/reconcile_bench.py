@@ -148,6 +148,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    import benchlib
+
+    print(f"# {benchlib.compile_checkout()}", file=sys.stderr)
     db = free_redis_db()
     results: list[Result] = []
     print(f"# {code_state()}; Redis DB {db}", file=sys.stderr)

@@ -600,6 +600,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    benchlib.log(benchlib.compile_checkout())
     started = time.monotonic()
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="mingle-rollout-") as tmp:
