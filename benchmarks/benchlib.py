@@ -172,6 +172,35 @@ def compile_checkout() -> str:
     return f"compiled the .pyc files of {len(folders)} packages of the checkout (as pip install does)"
 
 
+def clean_pythons() -> tuple[str, str]:
+    """``(stock, ours)``: the Pythons of two virtualenvs with only what a user installs:
+    ``celery[redis]`` with Celery, kombu and redis-py at the versions of this Python's; ``ours``
+    also this checkout's core, installed from it as ``pip install .`` does (not editable; its
+    ``.pyc`` written). No flower, no test tools, no editable finders, no other distribution of
+    the repository: each of those costs every ``celery`` start (flower's ``celery.commands``
+    entry point alone imports ~0.3 s of tornado), stock's workers included. Built once per
+    version of the core in the tests' virtualenv cache (``tests/support/venvs.py``), outside the
+    checkout."""
+    import celery
+    import kombu
+    import redis
+
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tests.support.venvs import venv_python
+
+    # As a user installs it: ``celery[redis]`` (kombu's redis extra brings redis-py and packaging).
+    base = [
+        f"celery[redis]=={celery.__version__}",
+        f"kombu=={kombu.__version__}",
+        f"redis=={redis.__version__}",
+    ]
+    stock = venv_python(base, label="bench-stock")
+    ours = venv_python(base, editable=[root], label="bench-ours")
+    return str(stock), str(ours)
+
+
 # -- what ran -------------------------------------------------------------------
 
 

@@ -385,7 +385,7 @@ def run_broker(broker: str, root: Path, args: argparse.Namespace, out: list[Meas
     benches: list[ClusterBench] = []
     try:
         for variant in args.variants:
-            benches.append(ClusterBench(broker, variant, root, args.python, taken, run_tag))
+            benches.append(ClusterBench(broker, variant, root, args.pythons[variant], taken, run_tag))
             log(f"[run {run}] cluster {benches[-1].describe()}")
         plan: list[tuple[int, int]] = [(n, 0) for n in sorted(args.neighbours) if 0 in args.revoked]
         plan += [(n, r) for r in sorted(args.revoked) if r for n in sorted(args.neighbours, reverse=True)]
@@ -919,6 +919,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10,
         help="ids revoked before the first newcomer after a change, in each cell with R > 0 (0: none)",
     )
+    p.add_argument(
+        "--venvs",
+        choices=("clean", "current"),
+        default="clean",
+        help="clean: stock in a virtualenv of Celery alone, this package in one of Celery and it "
+        "(installed, not editable); current: every variant in --python (this virtualenv)",
+    )
     p.add_argument("--quick", action="store_true", help="Redis, N=1, R=0, 1 repeat")
     p.add_argument("--full", action="store_true", help="Redis and RabbitMQ, N=1,8,32, R=0,50000, 3 repeats")
     args = p.parse_args(argv)
@@ -943,7 +950,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import celery
     import kombu
 
-    log(benchlib.compile_checkout())
+    if args.venvs == "clean":
+        log("virtualenvs with only what a user installs (built once per version of the core)")
+        stock_python, ours_python = benchlib.clean_pythons()
+        args.pythons = {v: stock_python if v == "stock" else ours_python for v in args.variants}
+        log(f"stock: {stock_python}; this package: {ours_python}")
+    else:
+        log(benchlib.compile_checkout())
+        args.pythons = dict.fromkeys(args.variants, args.python)
 
     started = time.monotonic()
     load_start = os.getloadavg()
@@ -966,6 +980,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": args.runs,
         "repeat": args.repeat,
         "change": args.change,
+        "venvs": args.venvs,
+        "pythons": args.pythons,
     }
     if args.json:
         args.json.write_text(
@@ -989,6 +1005,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{meta['load_end'][0]:.1f} at end"
     )
     print(meta["code"])
+    if args.venvs == "clean":
+        print("workers: stock in a virtualenv of celery[redis] alone, this package's in one with it as well")
+    else:
+        print(f"workers: every variant in {args.python} (this checkout's .pyc written first)")
     print()
     print(report(results, args.runs, args.repeat, args.variants))
     return 0
