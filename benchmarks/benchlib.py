@@ -118,6 +118,10 @@ class RedisSpace:
             # kombu 5.7 keeps the deadlines of every binding in one sorted set of the database
             for member in list(r.zscan_iter("_kombu.binding_deadlines", match=f"*{self.tag}*")):
                 r.zrem("_kombu.binding_deadlines", member[0])
+            # The workers' event exchange (celeryev, untagged: Gossip binds every worker to it) is
+            # the database's own too; left behind, the database is not empty for the next run.
+            deleted += int(r.delete("_kombu.binding.celeryev"))
+            r.zrem("_kombu.binding_deadlines", "celeryev")
         return deleted
 
 

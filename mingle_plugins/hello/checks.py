@@ -142,6 +142,14 @@ def check_nodename(name: object) -> str:
     return name
 
 
+def _carried(revoked: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> tuple[str, ...]:
+    """The string ids of ``revoked`` as sent. From a list of strings, the tuple is made straight
+    from it (no list beside it): for 50,000 ids it becomes the verdict's ids."""
+    if not isinstance(revoked, dict) and (not revoked or set(map(type, revoked)) == {str}):
+        return tuple(revoked)
+    return tuple(protocol.reply_ids(revoked))
+
+
 def _id_problem(task_id: Any, limits: ReplyLimits) -> str | None:
     """Why ``task_id`` is not a task id this worker keeps, or ``None``."""
     if type(task_id) is not str:
@@ -158,11 +166,7 @@ def valid_ids(ids: Any, limits: ReplyLimits) -> tuple[list[Any], list[str]]:
     when one is not.
     """
     ids = list(ids)
-    if not ids or (
-        set(map(type, ids)) == {str}
-        and 1 <= min(map(len, ids))
-        and max(map(len, ids)) <= limits.max_id_length
-    ):
+    if _all_valid(ids, limits):
         return ids, []
     kept: list[Any] = []
     problems: list[str] = []
@@ -173,6 +177,27 @@ def valid_ids(ids: Any, limits: ReplyLimits) -> tuple[list[Any], list[str]]:
         else:
             problems.append(problem)
     return kept, problems
+
+
+def _all_valid(ids: Sequence[Any], limits: ReplyLimits) -> bool:
+    """Whether every id of ``ids`` is one this worker keeps (three C-level passes, no copy)."""
+    return not ids or (
+        set(map(type, ids)) == {str}
+        and 1 <= min(map(len, ids))
+        and max(map(len, ids)) <= limits.max_id_length
+    )
+
+
+def _each_once(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """``ids`` with a repeated id kept once, at its first place: ``ids`` itself when none repeats.
+
+    A set of the ids tells (2 MiB for 50,000, freed at once) instead of a dict of them and a
+    new tuple beside the reply's (2.6 MiB and 400 KB): this runs while the reply message is
+    still being read, the moment of a newcomer's peak memory.
+    """
+    if len(set(ids)) == len(ids):
+        return ids
+    return tuple(dict.fromkeys(ids))
 
 
 def _stamp(value: Any) -> float:
@@ -240,7 +265,7 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
         raw_ages = protocol.parse_age_runs(extension["age_runs"], len(revoked))
         if isinstance(raw_ages, str):
             raise InvalidReply(raw_ages)
-    carried = tuple(protocol.reply_ids(revoked))
+    carried = _carried(revoked)
     problems: list[str] = []
     stamps: dict[str, float] | None = None
     ages: Mapping[str, float] | None = None
@@ -259,12 +284,17 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
         if raw_ages is not None:
             ages = _aged(list(revoked), raw_ages, stamps.keys(), problems)
     else:
-        kept, problems = valid_ids(revoked, limits)
+        kept: Sequence[Any]
+        if len(carried) == len(revoked) and _all_valid(carried, limits):
+            kept, problems = carried, []  # every id valid: the tuple of them, not another list
+        else:
+            kept, problems = valid_ids(revoked, limits)
         if raw_ages is not None:
             ages = _aged(revoked if isinstance(revoked, list) else list(revoked), raw_ages, kept, problems)
             if not isinstance(ages, AlignedAges):  # an id whose age is bad was dropped
                 kept = [task_id for task_id in kept if task_id in ages]
-        ids = tuple(dict.fromkeys(kept))  # a repeated id counts once
+        # a repeated id counts once
+        ids = _each_once(kept) if kept is carried else tuple(dict.fromkeys(kept))
         if isinstance(ages, AlignedAges) and raw_ages is not None and len(ids) == len(revoked):
             ages = AlignedAges(ids, raw_ages)  # over the verdict's tuple (see share_wire_lists)
     return Reply(
@@ -278,7 +308,7 @@ def check_body(nodename: object, body: Any, limits: ReplyLimits, source: ReplySo
         extra,
         invalid_ids=len(problems),
         invalid_reason=problems[0] if problems else "",
-        carried=carried if carried != ids else ids,
+        carried=carried if carried is not ids and carried != ids else ids,
     )
 
 
