@@ -154,7 +154,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     def _sync(self, c: Any) -> None:
         rnd = self.new_round(c)
         summary = rnd.summary
-        before = set(rnd.held)
+        before = rnd.held  # a frozenset of the ids held now: no copy of it
         info("mingle: searching for neighbors")
         try:
             replies = self._hello(c, rnd)

@@ -161,7 +161,7 @@ def test_the_answer_cost_benchmark_measures_each_request(tmp_path: Path) -> None
     args = ["--revoked", "2000", "--hellos", "3", "--change", "0,2", "--json", str(out_json)]
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    header, rows = table(proc.stdout.splitlines(), "| code | ids revoked before each |")
+    _, rows = table(proc.stdout.splitlines(), "| code | ids revoked before each |")
     assert [row[1] for row in rows] == ["0", "2"] and all("this checkout" in row[0] for row in rows)
     results = json.loads(out_json.read_text())
     assert [r["change"] for r in results] == [0, 2]
