@@ -76,6 +76,9 @@ class MingleRound:
     kept: dict[str, Reply] = field(default_factory=dict)
     #: The body each verdict was made from (the collector hands the same object on).
     _bodies: dict[str, Any] = field(default_factory=dict)
+    #: The digest body of a node whose verified full list became its verdict since: still its
+    #: verdict's body (the walk may hand on either, whichever list the digest round kept).
+    _superseded: dict[str, Any] = field(default_factory=dict)
     #: Rejected bodies by name (names with a verdict are counted apart, as dropped duplicates).
     _rejections: dict[str, str] = field(default_factory=dict)
     _sources: dict[str, str] = field(default_factory=dict)
@@ -169,7 +172,7 @@ class MingleRound:
         """
         name = nodename if isinstance(nodename, str) else shown(nodename, 255)
         if name in self.kept:
-            if body is self._bodies[name]:
+            if body is self._bodies[name] or body is self._superseded.get(name):
                 return self.kept[name]
             self.summary.duplicates[name] = self.summary.duplicates.get(name, 0) + 1
             logger.debug("mingle: another reply under the name %s, which has answered: dropped", shown(name))
@@ -219,6 +222,7 @@ class MingleRound:
             return None
         assert reply is not None
         self.kept[nodename] = reply
+        self._superseded.setdefault(nodename, self._bodies[nodename])
         self._bodies[nodename] = body
         return reply
 

@@ -81,6 +81,10 @@ clusters = st.fixed_dictionaries(
         "bad_ids": st.lists(st.sampled_from(["", "x" * 5000]), max_size=2),
         "flood": st.booleans(),
         "held": st.sets(st.sampled_from([f"id-{n}" for n in range(30)]), max_size=20),
+        # the other nodes of a digest send their own verified list too (the newcomer asked the
+        # next node of the digest while the first one's list was still coming), before or after
+        # the list that was taken is shared with them; the walk still gets their digest bodies
+        "member_lists": st.sampled_from([None, "before", "after"]),
     }
 )
 
@@ -146,6 +150,17 @@ def _run(
                 groups.setdefault(claim["digest"], []).append(node)
         for nodes in groups.values():
             source = nodes[0]
+            members = [n for n in nodes if n != source]
+
+            def member_lists(members: list[str] = members) -> None:
+                for node in members:
+                    own = _body(
+                        node, honest[node] + bad if node == HONEST[0] else honest[node], "full", signing, have
+                    )
+                    assert rnd.judge_full(node, own) is not None
+
+            if cluster["member_lists"] == "before":
+                member_lists()
             if signing:  # a forger answers the full-list request first, with an empty list
                 assert rnd.judge_full(source, {"revoked": [], "clock": 3}) is None
                 # ... or with a reconciled one that says every bucket is equal
@@ -158,6 +173,8 @@ def _run(
             assert rnd.judge_full(source, full) is not None
             replies[source] = full
             rnd.share_list(source, nodes)
+            if cluster["member_lists"] == "after":
+                member_lists()
     rnd.walk(replies)
     rnd.finish()
     return set(state.revoked)
@@ -191,3 +208,26 @@ def test_default_fast_and_model_agree(consumer: Any, monkeypatch: pytest.MonkeyP
     assert fast == expected, (cluster, fast ^ expected)
     assert reconciled == expected, (cluster, reconciled ^ expected)
     assert not {i for i in fast | default | reconciled if i.startswith("evil")}
+
+
+@pytest.mark.parametrize("reconciled", [False, True])
+@pytest.mark.parametrize("member_lists", ["before", "after"])
+def test_a_node_whose_own_list_came_too_is_merged_when_the_source_is_dropped(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch, member_lists: str, reconciled: bool
+) -> None:
+    """Two honest nodes of one digest; the list taken is the first's, which a policy drops; the
+    second's own verified list came too (its verdict), and the walk hands on its digest body:
+    its ids are merged all the same (they were dropped as a duplicate of its own verdict)."""
+    cluster = {
+        "sets": [{"id-4", "id-5"}, set()],
+        "share": True,
+        "signing": False,
+        "trust": False,
+        "policy": 0,
+        "shadow_first": False,
+        "bad_ids": [],
+        "flood": False,
+        "held": set(),
+        "member_lists": member_lists,
+    }
+    assert _run(consumer, monkeypatch, cluster, fast=True, reconciled=reconciled) == _model(cluster)
