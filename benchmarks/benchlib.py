@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REDIS_HOST = "redis://127.0.0.1:6379"
 AMQP_HOST = "amqp://guest:guest@127.0.0.1:5672"
@@ -79,28 +79,39 @@ def check_common_options(
 # -- a database / virtual host of the run's own ----------------------------------
 
 
+def _redis_claim() -> Any:
+    """``tests/support/redis_claim.py``, the claims the tests make too (no pytest in it)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.support import redis_claim
+
+    return redis_claim
+
+
+def claim_redis(databases: range, avoid: set[int] | None = None) -> tuple[int, Any, str] | None:
+    """``(db, client, token)``: a Redis database of ``databases`` claimed for this run (waited
+    for while every one is taken), not one of ``avoid``; ``None`` if none came free."""
+    host, port = REDIS_HOST.rsplit("//", 1)[1].split(":")
+    return _redis_claim().claim(host, int(port), [d for d in databases if d not in (avoid or set())])
+
+
 class RedisSpace:
-    """A Redis database of the run's own: a random one of 1-15 that is empty when chosen (and not
-    in ``taken``). :meth:`close` deletes the keys whose name holds ``tag``: give every name of the
-    run the tag (its ``control_exchange`` and ``task_default_queue``)."""
+    """A Redis database of the run's own, claimed as the tests claim theirs
+    (``tests/support/redis_claim.py``: a random empty one of 1-15, ``SET NX`` of a claim key,
+    waited for when all are taken), and not in ``taken``. :meth:`close` deletes the keys whose
+    name holds ``tag`` (give every name of the run the tag: its ``control_exchange`` and
+    ``task_default_queue``), then releases the database (``FLUSHDB`` while the claim is the run's)."""
 
     def __init__(self, tag: str, taken: set[int] | None = None) -> None:
-        import redis
-
         taken = set() if taken is None else taken
         self.tag = tag
-        free = []
-        for db in range(1, 16):
-            if db in taken:
-                continue
-            with contextlib.closing(redis.Redis.from_url(f"{REDIS_HOST}/{db}")) as r:
-                if r.dbsize() == 0:
-                    free.append(db)
-        if not free:
+        claimed = claim_redis(range(1, 16), avoid=taken)
+        if claimed is None:
             raise RuntimeError(
-                "no empty Redis database among 1-15 (the server is shared: none is taken over)"
+                "no Redis database among 1-15 came free (the server is shared: none is taken over)"
             )
-        self.db = random.choice(free)
+        self.db, self._client, self._token = claimed
         taken.add(self.db)
         self.url = f"{REDIS_HOST}/{self.db}"
 
@@ -122,6 +133,7 @@ class RedisSpace:
             # the database's own too; left behind, the database is not empty for the next run.
             deleted += int(r.delete("_kombu.binding.celeryev"))
             r.zrem("_kombu.binding_deadlines", "celeryev")
+        _redis_claim().release(self._client, self._token)  # FLUSHDB while the claim is the run's
         return deleted
 
 

@@ -291,15 +291,16 @@ def report(results: Sequence[Result]) -> str:
 
 
 def free_redis_db() -> int:
-    """A random Redis DB (1-15) that holds no key now (the machine's Redis is shared)."""
-    import redis
+    """A Redis DB (1-15) claimed for this run as the tests claim theirs (the machine's Redis is
+    shared; waited for while every one is taken); the run's ``FLUSHDB`` at the end releases it."""
+    import benchlib
 
-    dbs = list(range(1, 16))
-    random.shuffle(dbs)
-    for db in dbs:
-        if redis.Redis(host="127.0.0.1", port=6379, db=db).dbsize() == 0:
-            return db
-    raise RuntimeError("no empty Redis DB among 1-15")
+    claimed = benchlib.claim_redis(range(1, 16))
+    if claimed is None:
+        raise RuntimeError("no Redis DB among 1-15 came free")
+    db, client, _ = claimed
+    client.close()
+    return db
 
 
 def drop_reply_queues(db: int) -> None:

@@ -3,8 +3,11 @@ of its own (``tests.support.services.redis_db``) and flushes only that one at it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -52,9 +55,27 @@ def test_no_free_database_is_a_clear_skip() -> None:
     expected = pytest.fail.Exception if services.services_required() else pytest.skip.Exception
     with services.redis_db() as url:
         db = _db(url)
-        with pytest.raises(expected, match=rf"no free Redis database in {db}\.\.{db}"):
-            with services.redis_db(range(db, db + 1)):
+        started = time.monotonic()
+        with pytest.raises(expected, match=rf"no Redis database in {db}\.\.{db} .* came free"):
+            with services.redis_db(range(db, db + 1), wait=1.0):
                 pass  # pragma: no cover
+        assert time.monotonic() - started >= 1.0  # it waited before giving up
+
+
+def test_a_claim_waits_for_a_database_to_come_free() -> None:
+    """The only database asked for is taken: the claimer waits, and gets it once it is released."""
+    stack = contextlib.ExitStack()
+    db = _db(stack.enter_context(services.redis_db()))
+    timer = threading.Timer(1.0, stack.close)  # another run ends, and releases its database
+    started = time.monotonic()
+    timer.start()
+    try:
+        with services.redis_db(range(db, db + 1), wait=60) as again:
+            assert _db(again) == db
+            assert time.monotonic() - started >= 1.0  # taken until then
+    finally:
+        timer.join()
+        stack.close()
 
 
 def test_virtualenvs_live_outside_the_checkout() -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import random
 import socket
-import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from .redis_claim import CLAIM_KEY as CLAIM_KEY  # re-exported: the tests of the claims read it
+from .redis_claim import claim, release
 
 REQUIRE_ENV = "MINGLE_TESTS_REQUIRE_SERVICES"
 
@@ -73,45 +74,28 @@ def require_package(service: str) -> str:
     return module
 
 
-#: The key that claims a Redis database for one test (``SET NX``: two runs never share one).
-CLAIM_KEY = "celery-mingle-plugins:tests:claim"
-#: A claim left by a test that died ends after this many seconds (its data stays: the database is
-#: not empty, so no later test takes it; nothing is flushed that this run did not claim).
-CLAIM_SECONDS = 6 * 3600
-
-
 @contextlib.contextmanager
-def redis_db(databases: range = range(1, 16)) -> Iterator[str]:
+def redis_db(databases: range = range(1, 16), wait: float | None = None) -> Iterator[str]:
     """A Redis database of this test's own, as a broker URL: a random one of ``databases`` that is
     empty (``DBSIZE`` 0), claimed with a lock key (``SET NX``); at the end ``FLUSHDB`` of that
     database only, if the claim is still this test's. Database 0 is left to other programs.
 
-    Skips (or fails under ``MINGLE_TESTS_REQUIRE_SERVICES``) when Redis is not there or no
-    database is free.
+    When every database is taken (other runs on a shared server), waits for one to come free
+    (``MINGLE_REDIS_WAIT`` seconds, 180 by default: :mod:`tests.support.redis_claim`); skips (or
+    fails under ``MINGLE_TESTS_REQUIRE_SERVICES``) when Redis is not there or none came free.
     """
-    import redis
-
     host, port, base = SERVICES["redis"]
     if not reachable(host, port):
         missing(f"redis is not available on {host}:{port}")
-    token = f"{os.getpid()}:{uuid.uuid4().hex}"
-    candidates = list(databases)
-    random.shuffle(candidates)
-    for db in candidates:
-        client = redis.Redis(host=host, port=port, db=db)
-        try:
-            if client.dbsize() == 0 and client.set(CLAIM_KEY, token, nx=True, ex=CLAIM_SECONDS):
-                break
-        except redis.RedisError:
-            pass
-        client.close()
-    else:
-        missing(f"no free Redis database in {databases.start}..{databases.stop - 1} on {host}:{port}")
+    claimed = claim(host, port, databases) if wait is None else claim(host, port, databases, wait)
+    if claimed is None:
+        missing(
+            f"no Redis database in {databases.start}..{databases.stop - 1} on {host}:{port} came free "
+            "(each holds keys: other runs use them)"
+        )
+        return
+    db, client, token = claimed
     try:
         yield f"{base}/{db}"
     finally:
-        try:
-            if client.get(CLAIM_KEY) == token.encode():
-                client.flushdb()
-        finally:
-            client.close()
+        release(client, token)
