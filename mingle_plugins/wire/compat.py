@@ -107,8 +107,8 @@ def revoked_stamps_view(revoked_set: Any) -> Mapping[str, Any]:
 class ObservedStamps(dict[Any, Any]):
     """A ``LimitedSet``'s ``{id: entry}`` (its private ``_data``) that notes the keys written or
     removed since it was last :meth:`drained <drain>`: every way Celery's ``LimitedSet`` (5.3 to
-    5.7) and this module change it goes through a method below. A write of many keys at once
-    (``update``, ``clear``), or more changes than :attr:`limit` between two drains, is noted as
+    5.7) and this module change it goes through a method below (``update`` notes each key as it
+    goes in). A ``clear``, or more changes than :attr:`limit` between two drains, is noted as
     "read them all" instead, so that the notes never grow past a fraction of the set.
     Everything else (lookups, iteration, ``len``) is the dict's own, at C speed.
     """
