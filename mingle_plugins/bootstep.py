@@ -154,7 +154,6 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
     def _sync(self, c: Any) -> None:
         rnd = self.new_round(c)
         summary = rnd.summary
-        before = rnd.held  # a frozenset of the ids held now: no copy of it
         info("mingle: searching for neighbors")
         try:
             replies = self._hello(c, rnd)
@@ -189,7 +188,7 @@ class Mingle(bootsteps.StartStopStep):  # type: ignore[misc]
             info("mingle: no reply kept: %d rejected", len(summary.rejected))
         else:
             info("mingle: all alone")
-        rnd.finish(before)
+        rnd.finish(since_start=True)
         self.last_summary = summary
         from_sources = {n: summary.nodes[n].ids_merged for n in extra if n in summary.nodes}
         info(

@@ -50,7 +50,7 @@ def _encoded(task_id: str) -> bytes:
 
 def leaf_of(task_id: str) -> int:
     """The leaf of ``task_id``: its CRC-32, modulo :data:`LEAVES`."""
-    return zlib.crc32(_encoded(task_id)) & _MASK
+    return zlib.crc32(task_id.encode("utf-8", "surrogatepass")) & _MASK
 
 
 def _leaf_entry(j: int, members: list[str]) -> bytes:
@@ -89,10 +89,8 @@ class BucketTree:
         tree = cls()
         leaves, crc, others = tree._leaves, zlib.crc32, tree._others
         for task_id in ids:
-            if type(task_id) is str:
+            if isinstance(task_id, str):  # leaf_of, inlined: one call less per id
                 leaves[crc(task_id.encode("utf-8", "surrogatepass")) & _MASK].append(task_id)
-            elif isinstance(task_id, str):
-                leaves[leaf_of(task_id)].append(task_id)
             else:
                 others.add(task_id)
         tree.strings = sum(map(len, leaves))

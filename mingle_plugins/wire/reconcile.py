@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from .buckets import BUCKET_DIGEST_BYTES, LEAVES, BucketTree
+from .buckets import BUCKET_DIGEST_BYTES, LEAVES, BucketTree, leaf_of
 
 __all__ = [
     "DIGEST_BYTES",
@@ -63,13 +62,10 @@ def bucket_count(held: int) -> int:
     return b
 
 
-def _encoded(task_id: str) -> bytes:
-    return task_id.encode("utf-8", "surrogatepass")
-
-
 def bucket_of(task_id: str, count: int) -> int:
-    """The bucket of ``task_id`` among ``count`` (a power of two): its CRC-32, modulo ``count``."""
-    return zlib.crc32(_encoded(task_id)) & (count - 1)
+    """The bucket of ``task_id`` among ``count`` (a power of two up to :data:`LEAVES`): its
+    CRC-32, modulo ``count``, so the union of the leaves ``j`` with ``j % count`` equal to it."""
+    return leaf_of(task_id) & (count - 1)
 
 
 def offer(held: Collection[str], claimed: int, tree: BucketTree | None = None) -> dict[str, Any] | None:
@@ -140,8 +136,7 @@ def rebuild(held: Iterable[str], count: int, sent: Sequence[int], ids: Sequence[
     ``None`` when an id sent is not in a bucket it says it sent."""
     sent_set = set(sent)
     mask = count - 1
-    crc = zlib.crc32
-    if any((crc(_encoded(task_id)) & mask) not in sent_set for task_id in ids):
+    if any((leaf_of(task_id) & mask) not in sent_set for task_id in ids):
         return None
-    kept = [task_id for task_id in held if (crc(_encoded(task_id)) & mask) not in sent_set]
+    kept = [task_id for task_id in held if (leaf_of(task_id) & mask) not in sent_set]
     return kept + list(ids)
